@@ -1,0 +1,284 @@
+"""The ``mixtrain`` command. Input errors are one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mixtrain_trainer.errors import ConfigError, MixtrainError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        self.exit(2, f"mixtrain: error: {message}; see `{self.prog} --help`\n")
+
+
+def _root(args) -> Path:
+    from mixtrain_trainer.history import storage_root
+
+    return storage_root(getattr(args, "root", None)).expanduser().resolve()
+
+
+def _record_path(root: Path, name: str) -> Path:
+    return root / name / "sweep.json"
+
+
+def _load_record(root: Path, name: str) -> dict:
+    path = _record_path(root, name)
+    if not path.is_file():
+        known = sorted(p.parent.name for p in root.glob("*/sweep.json")) if root.exists() else []
+        hint = f"known sweeps: {', '.join(known)}" if known else "run `mixtrain sweep run SWEEP.yaml` first"
+        raise ConfigError(f"no sweep named {name!r} under {root}; {hint} (or pass --root)")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from mixtrain_trainer.config import load_run_config
+    from mixtrain_trainer.train import run
+
+    cfg = load_run_config(args.config, args.set)
+    if args.root:
+        cfg.storage.root = args.root
+    run(cfg, resume=args.resume)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- sweep
+def _spec_and_trials(args):
+    from orchestrate.spec import expand, load_sweep
+
+    spec = load_sweep(args.sweep)
+    if getattr(args, "new_name", None):
+        spec = spec.model_copy(update={"name": args.new_name})
+    if getattr(args, "root", None):
+        spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"root": args.root})})
+    return spec, expand(spec, smoke=args.smoke_test, source=args.sweep)
+
+
+def cmd_plan(args) -> int:
+    spec, trials = _spec_and_trials(args)
+    print(f"sweep {spec.name}: {len(trials)} trials, {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each"
+          + (f", search {spec.search.kind} x{spec.search.num_samples}" if spec.search.kind != "grid" else ""))
+    header = f"{'trial id':<40} {'variant':<24} {'model':<14} {'k':>2} {'seed':>4} {'epochs':>6}  other"
+    print(header)
+    for t in trials:
+        c = t.config
+        other = {k: v for k, v in t.labels.items() if k not in ("variant", "model", "k")}
+        print(f"{t.trial_id:<40} {t.labels['variant']:<24} {c.model:<14} {c.k:>2} {c.seed:>4} "
+              f"{c.trained_epochs:>6}  {json.dumps(other) if other else ''}")
+    return 0
+
+
+def cmd_run(args, resume_record: dict | None = None) -> int:
+    from orchestrate.runner import run_sweep, write_sweep_record
+    from orchestrate.spec import expand, parse_sweep, sweep_root
+    from orchestrate.tracking import check_reachable, default_uri
+
+    if resume_record is None:
+        spec, trials = _spec_and_trials(args)
+        root = sweep_root(spec)
+        record_path = _record_path(root, spec.name)
+        resume = args.resume
+        if record_path.exists() and not resume:
+            raise ConfigError(
+                f"sweep {spec.name!r} already exists under {root}; continue it with --resume "
+                f"(or `mixtrain sweep resume {spec.name}`), or start a new one with --new-name NAME"
+            )
+        source = args.sweep
+    else:
+        spec = parse_sweep(resume_record["spec"], f"sweep {resume_record['spec']['name']}")
+        trials = expand(spec, smoke=resume_record.get("smoke", False))
+        root, resume, source = sweep_root(spec), True, spec.name
+        record_path = _record_path(root, spec.name)
+    uri = spec.tracking.uri or (resume_record or {}).get("tracking_uri") or default_uri()
+    check_reachable(uri)
+    if not record_path.exists():
+        write_sweep_record(record_path, {
+            "spec": spec.model_dump(mode="json"), "source": str(source), "smoke": bool(getattr(args, "smoke_test", False)),
+            "tracking_uri": uri, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "trials": [t.trial_id for t in trials],
+        })
+    print(f"sweep {spec.name}: {len(trials)} trials -> {root / spec.name} | MLflow {uri}", flush=True)
+    results = run_sweep(spec, trials, root, uri, address=args.address, resume=resume, quiet=args.quiet,
+                        source=str(source))
+    return _summarise(results, spec.name, uri)
+
+
+def _summarise(results, name: str, uri: str) -> int:
+    failed = []
+    for r in results:
+        m = r.metrics or {}
+        if r.error is not None or m.get("failed"):
+            failed.append((m.get("trial_id", "?"), m.get("error") or str(r.error).strip().splitlines()[-1][:200]))
+    done = len(results) - len(failed)
+    print(f"sweep {name}: {done} done, {len(failed)} failed. Browse: `mixtrain ui`; report: `mixtrain report {name}`")
+    for trial_id, reason in failed:
+        print(f"  failed {trial_id}: {reason}")
+    return 1 if failed else 0
+
+
+def cmd_resume(args) -> int:
+    record = _load_record(_root(args), args.name)
+    if args.root:
+        record["spec"]["storage"]["root"] = str(_root(args))
+    return cmd_run(args, resume_record=record)
+
+
+def cmd_status(args) -> int:
+    from mixtrain_trainer.history import load_trials
+
+    root = _root(args)
+    record = _load_record(root, args.name)
+    expected = record.get("trials", [])
+    found = {t["trial_id"]: t for t in load_trials(root, args.name)}
+    counts: dict[str, int] = {}
+    lines = []
+    for trial_id in dict.fromkeys(expected + sorted(found)):
+        t = found.get(trial_id)
+        status = t["status"] if t else "pending"
+        counts[status] = counts.get(status, 0) + 1
+        detail = ""
+        if t and status == "done":
+            detail = f"test top-1 {t['final']['final_test_acc']:.2%}, {t['final']['total_train_seconds']:.1f} s"
+        elif t and status == "failed":
+            detail = t.get("error", "")
+        elif t and status == "running":
+            detail = "running, or interrupted: `mixtrain sweep resume` continues it"
+        lines.append(f"  {trial_id:<40} {status:<8} {detail}")
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "running", "failed", "pending"))
+    print(f"sweep {args.name}: {summary}")
+    print("\n".join(lines))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- report, ui, sync
+def cmd_report(args) -> int:
+    from orchestrate.report import write_report
+
+    root = _root(args)
+    record = _load_record(root, args.name)
+    folder = write_report(root, args.name)
+    print((folder / "summary.md").read_text())
+    print(f"report: {folder}")
+    if not args.no_mlflow:
+        try:
+            from orchestrate.tracking import SweepTracker, check_reachable
+
+            uri = record["spec"]["tracking"].get("uri") or record.get("tracking_uri")
+            check_reachable(uri)
+            SweepTracker(uri, args.name, record["spec"]["tracking"].get("experiment")).log_artifacts(folder)
+            print(f"logged to MLflow ({uri}) as artifacts of the sweep's parent run")
+        except MixtrainError as err:
+            print(f"mixtrain: warning: report not logged to MLflow: {err}", file=sys.stderr)
+    if args.open:
+        opener = "open" if sys.platform == "darwin" else "xdg-open"
+        subprocess.run([opener, str(folder / "summary.md")], check=False)
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from orchestrate.tracking import sync_from_files
+
+    root = _root(args)
+    record = _load_record(root, args.name)
+    uri = args.uri or record["spec"]["tracking"].get("uri") or record.get("tracking_uri")
+    counts = sync_from_files(uri, args.name, root, record["spec"]["tracking"].get("experiment"))
+    print(f"sync-mlflow {args.name}: {counts['trials']} trials checked, {counts['epochs_logged']} epochs re-logged to {uri}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from orchestrate.tracking import default_uri
+
+    uri = args.uri or default_uri()
+    if uri.startswith("http"):
+        print(f"MLflow tracking server: {uri}")
+        return 0
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri} at {url} (Ctrl-C stops it)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
+           str(args.port)]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mixtrain", description="mixTrain sweeps on Ray with MLflow tracking and per-sample histories.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="one run in this process, no Ray")
+    t.add_argument("--config", required=True, help="run file (YAML)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. epochs=3")
+    t.add_argument("--resume", action="store_true", help="continue from this run's last checkpoint")
+    t.add_argument("--root", help="storage root (default ./mixtrain-results)")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sweep", help="plan, run, resume or inspect a sweep")
+    ssub = s.add_subparsers(dest="sweep_command", required=True, parser_class=_Parser)
+    for name, fn, help_ in (("plan", cmd_plan, "validate and list the trials"), ("run", cmd_run, "run on Ray")):
+        c = ssub.add_parser(name, help=help_)
+        c.add_argument("sweep", help="sweep file (YAML)")
+        c.add_argument("--smoke-test", action="store_true", help="tiny subset and 2 epochs")
+        c.add_argument("--root", help="storage root (overrides storage.root)")
+        c.set_defaults(fn=fn)
+        if name == "run":
+            c.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+            c.add_argument("--resume", action="store_true", help="continue a sweep of this name")
+            c.add_argument("--new-name", help="run under another sweep name")
+            c.add_argument("--quiet", action="store_true", help="no live progress lines")
+    r = ssub.add_parser("resume", help="finish an interrupted sweep")
+    r.add_argument("name")
+    r.add_argument("--root")
+    r.add_argument("--address")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(fn=cmd_resume, smoke_test=False)
+    st = ssub.add_parser("status", help="trials done / running / failed")
+    st.add_argument("name")
+    st.add_argument("--root")
+    st.set_defaults(fn=cmd_status)
+
+    rp = sub.add_parser("report", help="comparison table and plots of a sweep")
+    rp.add_argument("name")
+    rp.add_argument("--root")
+    rp.add_argument("--open", action="store_true", help="open summary.md")
+    rp.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    rp.set_defaults(fn=cmd_report)
+
+    sy = sub.add_parser("sync-mlflow", help="re-log to MLflow whatever it lacks, from the Parquet history")
+    sy.add_argument("name")
+    sy.add_argument("--root")
+    sy.add_argument("--uri", help="tracking URI (default: the sweep's)")
+    sy.set_defaults(fn=cmd_sync)
+
+    u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
+    u.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(fn=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MixtrainError as err:
+        print(f"mixtrain: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixtrain: interrupted; `mixtrain sweep resume NAME` continues a sweep", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The Ray Tune adapter: the only module that imports Ray.
+
+A function trainable builds the trainer from the trial's configuration and reports every epoch with
+``ray.tune.report`` and a ``tune.Checkpoint`` of the trainer's checkpoint, so ``FailureConfig``
+retries and ``Tuner.restore`` continue from the last finished epoch. Tracking and the progress view are
+Tune callbacks on the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mixtrain_trainer.errors import ConfigError, NonFiniteLossError
+from orchestrate.spec import SweepSpec, Trial, resolve_trial
+
+TUNE_DIR = "tune"
+
+
+# ---------------------------------------------------------------------------- in the worker
+def trainable(config: dict) -> None:
+    """One trial, in a Ray worker: train, report each epoch with a checkpoint, resume from Ray's."""
+    import torch
+    from ray import tune
+
+    from mixtrain_trainer.loop import Trainer
+
+    cfg, trial_id, labels = resolve_trial(config)
+    torch.set_num_threads(max(1, int(float(os.environ.get("MIXTRAIN_TRIAL_CPUS", "1")))))
+    work = Path(tempfile.mkdtemp(prefix=f"mixtrain-{trial_id}-"))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        checkpoint.to_directory(str(work))
+
+    def report(metrics: dict) -> None:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**numbers, "trial_id": trial_id}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    trainer = Trainer(cfg, on_epoch_end=report, trial_id=trial_id, labels=labels, checkpoint_dir=work)
+    try:
+        trainer.fit(resume=checkpoint is not None)
+    except NonFiniteLossError as err:
+        # Not retried: the same seed would diverge again. The trial ends; the tracker marks it failed.
+        tune.report({"trial_id": trial_id, "failed": 1, "error": str(err), "epoch": err.epoch})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- on the driver
+def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
+    from ray.tune import Callback
+
+    class TrackingCallback(Callback):
+        """Logs every reported epoch to MLflow from the driver; picklable for ``Tuner.restore``."""
+
+        def __init__(self):
+            self.args = (tracking_uri, spec.name, spec.tracking.experiment)
+            self.sweep_params = {"sweep": spec.model_dump(mode="json")}
+            self.tracker = None
+
+        def __getstate__(self):
+            return {"args": self.args, "sweep_params": self.sweep_params, "tracker": None}
+
+        def _t(self):
+            if self.tracker is None:
+                from orchestrate.tracking import SweepTracker
+
+                self.tracker = SweepTracker(*self.args, sweep_params=self.sweep_params)
+            return self.tracker
+
+        def _run(self, trial) -> str:
+            cfg, trial_id, labels = resolve_trial(trial.config)
+            return self._t().trial_run(trial_id, labels, cfg.model_dump())
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            run_id = self._run(trial)
+            if "error" not in result and "epoch" in result:
+                self._t().log_epoch(run_id, int(result["epoch"]), result)
+            self._t().flush()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            run_id = self._run(trial)
+            if last.get("failed"):
+                self._t().log_final(run_id, {}, "FAILED", last.get("error"))
+            else:
+                self._t().log_final(run_id, {"final_test_acc": last.get("test_acc"),
+                                             "final_test_top5": last.get("test_top5"),
+                                             "total_train_seconds": last.get("total_train_seconds")})
+            self._t().flush()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._t().log_final(self._run(trial), {}, "FAILED", _error_line(trial))
+            self._t().flush()
+
+        def on_experiment_end(self, trials, **info):
+            if not self._t().close():
+                print(f"mixtrain: MLflow at {self.args[0]} did not answer; run `mixtrain sync-mlflow "
+                      f"{spec.name}` when it is back (the Parquet history has everything)", file=sys.stderr)
+
+    class ProgressCallback(Callback):
+        """A live view: trials done / running / failed and each running trial's epoch."""
+
+        def __init__(self):
+            self.start, self.last_print, self.epochs = time.time(), 0.0, {}
+
+        def _line(self, trials) -> str:
+            states = [t.status for t in trials]
+            done = sum(s == "TERMINATED" and not (t.last_result or {}).get("failed") for s, t in zip(states, trials))
+            failed = sum(s == "ERROR" or (t.last_result or {}).get("failed", 0) for s, t in zip(states, trials))
+            running = [t for t in trials if t.status == "RUNNING"]
+            now = ", ".join(
+                f"{resolve_trial(t.config)[1]} e{(t.last_result or {}).get('epoch', -1) + 1}"
+                f"/{resolve_trial(t.config)[0].trained_epochs}" for t in running[:6]
+            )
+            return (f"[{time.time() - self.start:6.0f}s] done {done}, running {len(running)}, failed {failed}, "
+                    f"pending {states.count('PENDING')}" + (f" | {now}" if now else ""))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if not quiet and time.time() - self.last_print > 2:
+                self.last_print = time.time()
+                print(self._line(trials), flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if not quiet:
+                last = trial.last_result or {}
+                what = f"FAILED: {last['error']}" if last.get("failed") else (
+                    f"done: test top-1 {last.get('test_acc', float('nan')):.2%} in "
+                    f"{last.get('total_train_seconds', float('nan')):.1f} s")
+                print(f"  {resolve_trial(trial.config)[1]} {what}", flush=True)
+                print(self._line(trials), flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"  {resolve_trial(trial.config)[1]} FAILED: {_error_line(trial)}", flush=True)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            if not quiet:
+                print(f"  {resolve_trial(trial.config)[1]} crashed ({_error_line(trial)}); "
+                      "retrying from its last checkpoint", flush=True)
+
+    return [TrackingCallback(), ProgressCallback()]
+
+
+def _error_line(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "unknown error (see the Ray logs)"
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address and address != "local":
+        token = Path.home() / ".ray" / "auth_token"
+        if token.exists():
+            os.environ.setdefault("RAY_AUTH_MODE", "token")  # clusters started by `ray start --head` (2.60+)
+        ray.init(address=address, log_to_driver=bool(os.environ.get("MIXTRAIN_RAY_LOGS")))
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=bool(os.environ.get("MIXTRAIN_RAY_LOGS")))
+
+
+def check_resources(spec: SweepSpec, source: str) -> None:
+    """Refuse per-trial resources the cluster can never grant (Ray would wait forever)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    max_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    if spec.resources.gpu > max_gpu:
+        raise ConfigError(
+            f"{source}: resources.gpu: {spec.resources.gpu:g} per trial, but no node of this cluster has more "
+            f"than {max_gpu:g} GPU(s); lower it (0 for CPU) or use a cluster with GPUs"
+        )
+    if spec.resources.cpu > max_cpu:
+        raise ConfigError(
+            f"{source}: resources.cpu: {spec.resources.cpu:g} per trial, but no node has more than {max_cpu:g} "
+            "CPUs; lower it"
+        )
+
+
+def _tune_objects(spec: SweepSpec, trials: list[Trial]):
+    from ray import tune
+
+    if spec.search.kind == "grid":
+        param_space = {"trial": tune.grid_search([t.payload for t in trials])}
+        tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent,
+                                      trial_name_creator=lambda t: resolve_trial(t.config)[1],
+                                      trial_dirname_creator=lambda t: resolve_trial(t.config)[1])
+        return param_space, tune_config
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    if len(trials) != 1:
+        raise ConfigError(
+            f"{spec.name}: search.kind: optuna tunes one configuration; list one variant and no grid "
+            f"(this file expands to {len(trials)} trials)"
+        )
+    s = spec.search
+    make = {"loguniform": lambda p: tune.loguniform(p.low, p.high), "uniform": lambda p: tune.uniform(p.low, p.high),
+            "randint": lambda p: tune.randint(int(p.low), int(p.high)), "choice": lambda p: tune.choice(p.values)}
+    param_space = {"trial": trials[0].payload, "search": {k: make[p.type](p) for k, p in s.space.items()}}
+    searcher = OptunaSearch(metric=s.metric, mode=s.mode, seed=s.seed)
+    limit = s.max_concurrent or spec.max_concurrent
+    tune_config = tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher,
+        num_samples=s.num_samples, metric=s.metric, mode=s.mode,
+        trial_name_creator=lambda t: f"optuna-{t.trial_id}", trial_dirname_creator=lambda t: f"optuna-{t.trial_id}",
+    )
+    return param_space, tune_config
+
+
+def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: str, address: str | None = None,
+              resume: bool = False, quiet: bool = False, source: str | None = None):
+    """Run (or resume) the sweep on Ray; returns Tune's ResultGrid."""
+    from ray import tune
+
+    init_ray(address)
+    check_resources(spec, source or spec.name)
+    os.environ["MIXTRAIN_TRIAL_CPUS"] = str(spec.resources.cpu)
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    fn = tune.with_resources(trainable, resources)
+    storage = root / spec.name / "ray"
+    experiment = storage / TUNE_DIR
+    callbacks = _callbacks(spec, root, tracking_uri, quiet)
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), fn, resume_unfinished=True, resume_errored=True)
+        # Callbacks are restored from tuner.pkl; give them this driver's progress view and tracker.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+    else:
+        param_space, tune_config = _tune_objects(spec, trials)
+        run_config = tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+            verbose=0,
+        )
+        tuner = tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tuner.fit()
+
+
+def write_sweep_record(path: Path, record: dict) -> None:
+    from mixtrain_trainer.history import write_json_atomic
+
+    write_json_atomic(record, path)
+
+
+def read_sweep_record(path: Path) -> dict:
+    return json.loads(path.read_text())

@@ -1,0 +1,239 @@
+"""The MLflow adapter: the only module that imports mlflow.
+
+One experiment per sweep, one parent run per sweep, one nested run per trial (tags ``variant``, ``sweep``,
+``trial_id``), params = the trial's resolved configuration flattened, metrics per epoch with
+``step = epoch``. Everything is logged from the driver, in batches (SQLite, the default store, fails
+with concurrent writers). Idempotent: a retried or resumed trial finds its run by its ``trial_id`` tag
+and only the steps MLflow lacks are logged. If the server goes away, batches wait in a buffer and are
+flushed when it answers again; ``sync_from_files`` re-logs anything still missing from the Parquet
+history (the source of truth) afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mixtrain_trainer.errors import MixtrainError
+
+EPOCH_METRICS = (
+    "train_loss", "train_acc", "test_acc", "test_top5", "test_loss", "epoch_seconds", "n_inputs",
+    "n_mixed", "n_skipped", "frac_mixed", "l_corr", "l_incorr", "l_mid", "n_next_region1", "n_next_region3",
+    "lr", "total_train_seconds",
+)
+PARENT_TAG = "mixtrain.sweep_parent"
+log = logging.getLogger("mixtrain.tracking")
+
+
+class TrackingError(MixtrainError):
+    """The tracking server cannot be used."""
+
+
+def default_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the local SQLite store ``mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def _quiet_http(retries: int, timeout: int) -> None:
+    # MLflow retries an unreachable server for minutes by default; a sweep driver must not hang on it.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_reachable(uri: str) -> None:
+    """One clear error if the tracking store cannot be reached, before any trial starts."""
+    _quiet_http(retries=0, timeout=5)
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any failure here means "cannot track"
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise TrackingError(
+            f"tracking server {uri} is unreachable ({reason}); start it, fix tracking.uri, "
+            "or set tracking.uri: null for the local store"
+        ) from None
+
+
+class SweepTracker:
+    """Driver-side logger for one sweep. All calls are cheap when the server is healthy; failures are
+    buffered and retried, never raised into the sweep."""
+
+    def __init__(self, uri: str, sweep: str, experiment: str | None = None, sweep_params: dict | None = None):
+        _quiet_http(retries=2, timeout=10)
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.sweep = uri, sweep
+        self.client = MlflowClient(uri)
+        self.experiment_id = self._experiment(experiment or sweep)
+        self.parent_id = self._parent_run(sweep_params or {})
+        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.logged: dict[str, set[int]] = {}  # run id -> epochs already logged
+        self.pending: list[tuple[str, list, list, list]] = []  # (run id, metrics, params, tags)
+        self.finished: dict[str, str] = {}  # run id -> terminal status waiting to be set
+        self.completed: set[str] = set()  # runs whose final metrics are logged
+
+    # ------------------------------------------------------------ runs
+    def _experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            return self.client.create_experiment(name)
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+
+    def _find_run(self, filter_string: str):
+        found = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
+        return found[0] if found else None
+
+    def _parent_run(self, params: dict) -> str:
+        run = self._find_run(f"tags.`{PARENT_TAG}` = 'true'")
+        if run is not None:
+            return run.info.run_id
+        from mlflow.entities import Param, RunTag
+
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.sweep, tags={PARENT_TAG: "true", "sweep": self.sweep}
+        )
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        self.client.log_batch(run.info.run_id, params=params[:100], tags=[RunTag("mlflow.note.content", self.sweep)])
+        return run.info.run_id
+
+    def trial_run(self, trial_id: str, labels: dict, config: dict) -> str:
+        """The trial's nested run: found by its ``trial_id`` tag (a retry or resume reuses it), else made."""
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        run = self._find_run(f"tags.trial_id = '{trial_id}'")
+        if run is not None:
+            run_id = run.info.run_id
+            history = self.client.get_metric_history(run_id, "test_acc")
+            self.logged[run_id] = {m.step for m in history}
+            if "status" in run.data.tags:
+                self.completed.add(run_id)
+        else:
+            from mlflow.entities import Param
+
+            tags = {"mlflow.parentRunId": self.parent_id, "sweep": self.sweep, "trial_id": trial_id,
+                    "variant": str(labels.get("variant", config.get("variant"))),
+                    **{f"label.{k}": str(v) for k, v in labels.items()}}
+            run = self.client.create_run(self.experiment_id, run_name=str(labels.get("variant", trial_id))
+                                         + f" {trial_id[-8:]}", tags=tags)
+            run_id = run.info.run_id
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(config).items())]
+            for i in range(0, len(params), 100):  # log_batch takes at most 100 params
+                self.client.log_batch(run_id, params=params[i : i + 100])
+            self.logged[run_id] = set()
+        self.runs[trial_id] = run_id
+        return run_id
+
+    # ------------------------------------------------------------ metrics
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict, timestamp_ms: int | None = None) -> None:
+        """Queue one epoch's metrics at ``step = epoch`` unless that step is already logged."""
+        if epoch in self.logged.setdefault(run_id, set()):
+            return
+        from mlflow.entities import Metric
+
+        ts = timestamp_ms or int(time.time() * 1000)
+        batch = [Metric(k, float(metrics[k]), ts, epoch) for k in EPOCH_METRICS
+                 if k in metrics and metrics[k] is not None and math.isfinite(float(metrics[k]))]
+        self.logged[run_id].add(epoch)
+        self.pending.append((run_id, batch, [], []))
+
+    def log_final(self, run_id: str, final: dict, status: str = "FINISHED", error: str | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        if run_id in self.completed:
+            return
+        self.completed.add(run_id)
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, 0) for k, v in final.items()
+                   if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))]
+        tags = [RunTag("status", "failed" if status == "FAILED" else "done")]
+        if error:
+            tags.append(RunTag("error", error[:5000]))
+        self.pending.append((run_id, metrics, [], tags))
+        self.finished[run_id] = status
+
+    def flush(self) -> bool:
+        """Send what is queued; True when nothing is left. Never raises: a lost server keeps the queue."""
+        while self.pending:
+            run_id, metrics, params, tags = self.pending[0]
+            try:
+                for i in range(0, max(len(metrics), 1), 1000):
+                    self.client.log_batch(run_id, metrics=metrics[i : i + 1000], params=params, tags=tags)
+                    params, tags = [], []
+            except Exception as err:  # noqa: BLE001
+                log.warning("MLflow unavailable (%s); %d batches buffered", str(err).splitlines()[0][:120],
+                            len(self.pending))
+                return False
+            self.pending.pop(0)
+        for run_id, status in list(self.finished.items()):
+            try:
+                self.client.set_terminated(run_id, status=status)
+            except Exception:  # noqa: BLE001
+                return False
+            del self.finished[run_id]
+        return True
+
+    def close(self, status: str = "FINISHED", attempts: int = 3, wait: float = 2.0) -> bool:
+        for attempt in range(attempts):
+            if self.flush():
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(self.parent_id, status=status)
+                return True
+            time.sleep(wait * (attempt + 1))
+        return False
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str = "report") -> None:
+        self.client.log_artifacts(self.parent_id, str(folder), artifact_path)
+
+
+def sync_from_files(uri: str, sweep: str, root: Path, experiment: str | None = None) -> dict:
+    """Re-log, from the Parquet history and trial records, every trial and epoch MLflow lacks.
+
+    Returns counts: {"trials": n, "epochs_logged": m}. Safe to run any number of times.
+    """
+    from mixtrain_trainer.history import load_epochs, load_trials
+
+    check_reachable(uri)
+    tracker = SweepTracker(uri, sweep, experiment)
+    trials = load_trials(root, sweep)
+    try:
+        epochs = load_epochs(root, sweep)
+    except FileNotFoundError:
+        epochs = None
+    logged = 0
+    for record in trials:
+        run_id = tracker.trial_run(record["trial_id"], record.get("labels", {}), record.get("config", {}))
+        before = len(tracker.pending)
+        if epochs is not None:
+            rows = epochs[epochs["trial"] == record["trial_id"]].sort_values("epoch")
+            total = 0.0
+            for row in rows.to_dict("records"):
+                total += row["epoch_seconds"] or 0.0
+                tracker.log_epoch(run_id, int(row["epoch"]), {**row, "total_train_seconds": total})
+        logged += len(tracker.pending) - before
+        if record.get("status") in ("done", "failed"):
+            final = record.get("final") or {}
+            tracker.log_final(run_id, final, "FAILED" if record["status"] == "failed" else "FINISHED",
+                              record.get("error"))
+    if not tracker.close():
+        raise TrackingError(f"tracking server {uri} stopped answering during the sync; run it again")
+    return {"trials": len(trials), "epochs_logged": logged}
