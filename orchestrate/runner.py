@@ -225,6 +225,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: st
     """Run (or resume) the sweep on Ray; returns Tune's ResultGrid."""
     from ray import tune
 
+    # Checkpointing every epoch with num_to_keep=2 forces frequent state snapshots: expected, not a problem.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(address)
     check_resources(spec, source or spec.name)
     os.environ["MIXTRAIN_TRIAL_CPUS"] = str(spec.resources.cpu)

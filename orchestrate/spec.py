@@ -25,7 +25,7 @@ from mixtrain_trainer.config import (
     normalise_shorthands,
     validate_run_config,
 )
-from mixtrain_trainer.errors import ConfigError
+from mixtrain_trainer.errors import ConfigError, MixtrainError
 from mixtrain_trainer.variants import VARIANTS
 
 SMOKE_TRAIN_SUBSET = 256
@@ -202,8 +202,19 @@ def parse_sweep(data: Any, source: str = "sweep file") -> SweepSpec:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; every trial's configuration is validated too."""
+    from mixtrain_trainer.data import check_dataset
+
     spec = parse_sweep(load_yaml(path), str(path))
-    expand(spec, source=str(path))  # surfaces a bad trial configuration now, before anything starts
+    trials = expand(spec, source=str(path))  # surfaces a bad trial configuration now, before anything starts
+    checked = set()
+    for t in trials:
+        key = t.config.dataset.model_dump_json()
+        if key not in checked:
+            checked.add(key)
+            try:
+                check_dataset(t.config.dataset)
+            except MixtrainError as err:
+                raise type(err)(f"{path}: {err}") from None
     return spec
 
 

@@ -11,14 +11,24 @@ from collections.abc import Callable
 from mixtrain_trainer.data.bundle import DataBundle, stratified_subset
 
 DATASETS: dict[str, Callable] = {}
+DATA_CHECKS: dict[str, Callable] = {}  # cheap checks (paths, schemas) run before a sweep starts
 
 
-def register_dataset(name: str):
+def register_dataset(name: str, check: Callable | None = None):
     def wrap(fn):
         DATASETS[name] = fn
+        if check is not None:
+            DATA_CHECKS[name] = check
         return fn
 
     return wrap
+
+
+def check_dataset(cfg) -> None:
+    """Fail fast (DataError, one line) when the data cannot be found, without decoding anything."""
+    check = DATA_CHECKS.get(cfg.name)
+    if check is not None:
+        check(cfg)
 
 
 def load_dataset(cfg, run_seed: int = 0) -> DataBundle:
@@ -35,4 +45,4 @@ def load_dataset(cfg, run_seed: int = 0) -> DataBundle:
 # Registration side effects: each module adds its loaders.
 from mixtrain_trainer.data import cifar, digits, imagefolder, parquet, synthetic  # noqa: E402,F401
 
-__all__ = ["DATASETS", "DataBundle", "load_dataset", "register_dataset", "stratified_subset"]
+__all__ = ["DATASETS", "check_dataset", "DataBundle", "load_dataset", "register_dataset", "stratified_subset"]

@@ -10,11 +10,11 @@ from mixtrain_trainer.data.parquet import in_memory_bundle
 from mixtrain_trainer.errors import DataError
 
 
-def _load(cfg, name: str) -> DataBundle:
-    import torchvision.datasets as tvd
+_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
-    folder = cls.base_folder
+
+def _check(cfg, name: str) -> str:
+    folder = _FOLDERS[name]
     hint = (
         f"put torchvision's {folder}/ under dataset.root"
         + ("" if cfg.download else ", or set dataset.download: true where the internet is reachable")
@@ -22,8 +22,17 @@ def _load(cfg, name: str) -> DataBundle:
     if cfg.download:
         if not cfg.root:
             raise DataError(f"dataset {name}: dataset.root is not set; {hint}")
-    else:
-        require_path(cfg.root, name, hint)
+    elif not (require_path(cfg.root, name, hint) / folder).is_dir():
+        raise DataError(f"dataset {name}: no {folder}/ under {cfg.root!r}; {hint}")
+    return hint
+
+
+def _load(cfg, name: str) -> DataBundle:
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    folder = cls.base_folder
+    hint = _check(cfg, name)
     try:
         train = cls(cfg.root, train=True, download=cfg.download)
         test = cls(cfg.root, train=False, download=cfg.download)
@@ -44,11 +53,11 @@ def _load(cfg, name: str) -> DataBundle:
     return in_memory_bundle(name, arrays, flip=cfg.flip if cfg.flip is not None else True)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", check=lambda cfg: _check(cfg, "cifar10"))
 def load_cifar10(cfg) -> DataBundle:
     return _load(cfg, "cifar10")
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", check=lambda cfg: _check(cfg, "cifar100"))
 def load_cifar100(cfg) -> DataBundle:
     return _load(cfg, "cifar100")

@@ -88,9 +88,18 @@ def _scan(root, split_names: tuple[str, ...], classes: list[str] | None):
     )
 
 
-@register_dataset("imagefolder")
+_HINT = "point dataset.root at a folder with train/<class>/ and val/<class>/ image folders"
+
+
+def check_imagefolder(cfg) -> None:
+    root = require_path(cfg.root, "imagefolder", _HINT)
+    if not (root / "train").is_dir() or not any((root / n).is_dir() for n in ("val", "test", "validation")):
+        raise DataError(f"dataset imagefolder: {str(root)!r} lacks train/ or val/; {_HINT}")
+
+
+@register_dataset("imagefolder", check=check_imagefolder)
 def load_imagefolder(cfg) -> DataBundle:
-    root = require_path(cfg.root, "imagefolder", "point dataset.root at a folder with train/ and val/")
+    root = require_path(cfg.root, "imagefolder", _HINT)
     classes, train = _scan(root, ("train",), None)
     _, test = _scan(root, ("val", "test", "validation"), classes)
     streamed = StreamedImages(

@@ -106,7 +106,18 @@ def _decode(files: list[Path], image_column: str | None, label_column: str | Non
     return np.stack(images), np.concatenate(labels), classes
 
 
-@register_dataset("parquet")
+def check_parquet(cfg) -> None:
+    root = require_path(cfg.root, "parquet", _HINT)
+    for split in ("train", "test"):
+        files = _split_files(root, split)
+        try:
+            schema = pq.read_schema(files[0])
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"dataset parquet: cannot read {str(files[0])!r} ({err}); is it a Parquet file?") from None
+        _pick_columns(schema, cfg.image_column, cfg.label_column, repr(str(files[0])))
+
+
+@register_dataset("parquet", check=check_parquet)
 def load_parquet(cfg) -> DataBundle:
     root = require_path(cfg.root, "parquet", _HINT)
     train_files, test_files = _split_files(root, "train"), _split_files(root, "test")
