@@ -130,6 +130,14 @@ class RunConfig(_Strict):
         ):
             if value not in registry:
                 raise ValueError(f"{key}: unknown name {value!r}; choose one of {', '.join(sorted(registry))}")
+        from mixtrain_trainer.models import NO_FEATURE_MAP
+        from mixtrain_trainer.variants import resolve_variant
+
+        if resolve_variant(self.variant, self.operator).operator == "cutmix" and self.model in NO_FEATURE_MAP:
+            raise ValueError(
+                f"model: {self.model!r} gives no feature map, which CutMix and split propagation "
+                f"({self.variant}) need; choose a CNN or ViT model, or a MixUp variant"
+            )
         return self
 
     @property

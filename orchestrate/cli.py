@@ -76,7 +76,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args, resume_record: dict | None = None) -> int:
-    from orchestrate.runner import run_sweep, write_sweep_record
+    from orchestrate.runner import check_resources, init_ray, run_sweep, write_sweep_record
     from orchestrate.spec import expand, parse_sweep, sweep_root
     from orchestrate.tracking import check_reachable, default_uri
 
@@ -97,7 +97,13 @@ def cmd_run(args, resume_record: dict | None = None) -> int:
         root, resume, source = sweep_root(spec), True, spec.name
         record_path = _record_path(root, spec.name)
     uri = spec.tracking.uri or (resume_record or {}).get("tracking_uri") or default_uri()
-    check_reachable(uri)
+    remote = not uri.startswith("sqlite:")
+    if remote:
+        check_reachable(uri)  # fail fast, before Ray starts
+    init_ray(args.address)
+    check_resources(spec, str(source))  # before anything is written
+    if not remote:
+        check_reachable(uri)  # creates the local SQLite store
     if not record_path.exists():
         write_sweep_record(record_path, {
             "spec": spec.model_dump(mode="json"), "source": str(source), "smoke": bool(getattr(args, "smoke_test", False)),
@@ -268,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store set-up chatter is not for users
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

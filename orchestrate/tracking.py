@@ -65,7 +65,10 @@ def check_reachable(uri: str) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot track"
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        text = str(err)
+        known = ("Connection refused", "timed out", "Name or service not known", "No route to host",
+                 "unable to open database file", "401", "403", "404")
+        reason = next((k for k in known if k in text), text.splitlines()[0][:120] if text else type(err).__name__)
         raise TrackingError(
             f"tracking server {uri} is unreachable ({reason}); start it, fix tracking.uri, "
             "or set tracking.uri: null for the local store"

@@ -17,11 +17,14 @@ import torch
 from torch import nn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+NO_FEATURE_MAP: set[str] = set()  # models that cannot be split (known without building them)
 
 
-def register_model(name: str):
+def register_model(name: str, feature_map: bool = True):
     def wrap(fn):
         MODELS[name] = fn
+        if not feature_map:
+            NO_FEATURE_MAP.add(name)
         return fn
 
     return wrap
@@ -56,4 +59,4 @@ def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int],
 
 from mixtrain_trainer.models import cifar_resnet, mlp, torchvision_models, vit  # noqa: E402,F401
 
-__all__ = ["MODELS", "FeatureModel", "create_model", "register_model"]
+__all__ = ["MODELS", "NO_FEATURE_MAP", "FeatureModel", "create_model", "register_model"]

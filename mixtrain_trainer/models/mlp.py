@@ -23,6 +23,6 @@ class MLP(FeatureModel):
         return self.head(pooled)
 
 
-@register_model("mlp")
+@register_model("mlp", feature_map=False)
 def mlp(num_classes, image_shape, width=None):
     return MLP(num_classes, image_shape, hidden=width or 256)
