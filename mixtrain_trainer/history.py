@@ -13,6 +13,7 @@ invisible. A resumed run rewrites epoch partitions whole: never two rows for one
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -124,7 +125,7 @@ class HistoryWriter:
 def _as_list(value) -> list | None:
     if value is None:
         return None
-    if isinstance(value, (str, int)):
+    if isinstance(value, (str, numbers.Integral)):  # numbers.Integral: NumPy integers too (df.epoch.max())
         return [value]
     return list(value)
 

@@ -273,6 +273,27 @@ def _frontier(groups: list[_Group], g: _Group) -> tuple[np.ndarray, np.ndarray] 
     return np.array(walls), np.array(accs)
 
 
+def _frontier_warnings(groups: list[_Group]) -> list[str]:
+    """A frontier whose wall times do not grow with the epoch budget: timings too noisy to interpolate."""
+    notes = []
+    for g in groups:
+        if not g.is_full_baseline:
+            continue
+        _, found = _matching(groups, g, lambda h: h.is_baseline)
+        by_budget: dict[float, list[_Trial]] = {}
+        for h in found:
+            by_budget.setdefault(h.budget, []).extend(h.done)
+        walls = [(b, _mean(t.wall for t in ts)) for b, ts in sorted(by_budget.items())]
+        walls = [(b, w) for b, w in walls if not math.isnan(w)]
+        for (b1, w1), (b2, w2) in zip(walls, walls[1:]):
+            if w2 <= w1:
+                notes.append(f"{g.name(True)}: the baseline at budget {b1:g} took {w1:.1f} s, not less than the "
+                             f"{w2:.1f} s at budget {b2:g}; wall times are noisy, so iso-time gains and speedups "
+                             "of this model are unreliable.")
+                break
+    return notes
+
+
 def _iso_time_gain(frontier, wall: float, top1: float, on_frontier: bool) -> float:
     if frontier is None or math.isnan(wall) or math.isnan(top1):
         return math.nan
@@ -530,7 +551,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _markdown(sweep: str, summary: pd.DataFrame, records: list[dict]) -> str:
+def _markdown(sweep: str, summary: pd.DataFrame, records: list[dict], warnings: list[str] = ()) -> str:
     statuses = pd.Series([str(r.get("status", "unknown")) for r in records], dtype=object)
     counts = ", ".join(f"{n} {s}" for s, n in statuses.value_counts().sort_index().items()) or "none"
     extra_cols = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
@@ -577,6 +598,7 @@ def _markdown(sweep: str, summary: pd.DataFrame, records: list[dict]) -> str:
         "group's final top-1, and the baseline's total time over its time up to that epoch. "
         "Mixed: share of training samples trained as a constituent of a composite.",
     ]
+    lines += [f"\n> **Warning**: {w}" for w in warnings]
     failed = [r for r in records if r.get("status") != "done"]
     if failed:
         lines += ["", "## Trials not finished", ""]
@@ -595,7 +617,7 @@ def write_report(root, sweep: str) -> Path:
     folder = storage_root(str(root) if root else None) / sweep / "report"
     folder.mkdir(parents=True, exist_ok=True)
     summary.round(6).to_csv(folder / "summary.csv", index=False)
-    (folder / "summary.md").write_text(_markdown(sweep, summary, records))
+    (folder / "summary.md").write_text(_markdown(sweep, summary, records, _frontier_warnings(groups)))
     for name, fig in (
         ("accuracy_vs_speedup.png", _plot_accuracy_vs_speedup(groups, summary, sweep)),
         ("test_accuracy.png", _plot_test_accuracy(groups, sweep)),

@@ -1,0 +1,76 @@
+"""write_report: the folder, its CSV and Markdown, and PNGs that are real images."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from PIL import Image
+from report_histories import epoch_rows, make_sweep, write_trial
+
+from orchestrate.report import write_report
+
+PNGS = ("accuracy_vs_speedup.png", "test_accuracy.png", "fraction_mixed.png")
+
+
+def check_folder(folder, n_rows):
+    for name in ("summary.csv", "summary.md", *PNGS):
+        assert (folder / name).stat().st_size > 0, name
+    for name in PNGS:
+        with Image.open(folder / name) as im:
+            im.verify()
+        with Image.open(folder / name) as im:
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    csv = pd.read_csv(folder / "summary.csv")
+    assert len(csv) == n_rows
+    return csv, (folder / "summary.md").read_text()
+
+
+def test_full_sweep_report(tmp_path):
+    make_sweep(tmp_path)
+    folder = write_report(tmp_path, "s1")
+    assert folder == tmp_path / "s1" / "report"
+    csv, md = check_folder(folder, 5)
+    assert csv.loc[csv.variant == "mixtrain-cutmix", "speedup"].iloc[0] == pytest.approx(1.4)
+    assert md.startswith("# Sweep `s1`")
+    assert "9 trials (7 done, 2 failed)" in md
+    assert "60.00 ± 2.83" in md and "Speedup (×)" in md and "Iso-time gain (pts)" in md
+    assert "Iso-time gain:" in md and "Speedup:" in md  # the footnote
+    assert "## Trials not finished" in md and "`mc-2`" in md and "boom at epoch 2" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 1 + 5  # header, rule, one line per group
+    assert all(line.count("|") == table[0].count("|") for line in table)
+
+
+def test_minimal_sweep_report(tmp_path):
+    """One variant and the baseline, one finished seed each, no budget baselines; a second seed still
+    running (a partial epoch table) is counted and listed but not averaged."""
+    write_trial(tmp_path, "tiny", "base", "baseline", 0, epoch_rows([0.5, 0.6], [2, 2], [10, 10]))
+    write_trial(tmp_path, "tiny", "r1", "region1-only", 0,
+                epoch_rows([0.5, 0.55], [2, 1], [10, 7], frac_mixed=[0.0, 0.6]))
+    write_trial(tmp_path, "tiny", "r1-b", "region1-only", 1, epoch_rows([0.1], [9], [10]), status="running",
+                epochs=2)
+    csv, md = check_folder(write_report(tmp_path, "tiny"), 2)
+    assert csv.iso_time_gain.isna().all() and csv.top1_std.isna().all()
+    r1 = csv[csv.variant == "region1-only"].iloc[0]
+    assert (r1.n_seeds, r1.n_running, r1.n_failed) == (1, 1, 0) and r1.top1_mean == pytest.approx(55.0)
+    assert r1.speedup == pytest.approx(4 / 3) and "r1-b (running)" in r1.missing
+    assert "3 trials (2 done, 1 running)" in md and "`r1-b` (region1-only, running)" in md
+    assert "±" not in md.split("\n\n")[2]
+
+
+def test_baseline_only_and_empty_sweeps(tmp_path):
+    write_trial(tmp_path, "solo", "base", "baseline", 0, epoch_rows([0.5, 0.6], [2, 2], [10, 10]))
+    check_folder(write_report(tmp_path, "solo"), 1)  # no mixing variant: fraction_mixed.png says so
+    write_trial(tmp_path, "dead", "x", "mixtrain-cutmix", 0, [], status="failed", error="ValueError: bad")
+    csv, md = check_folder(write_report(tmp_path, "dead"), 1)  # no epoch table at all
+    assert csv.n_failed.tolist() == [1] and "ValueError: bad" in md
+
+
+def test_noisy_frontier_is_flagged(tmp_path):
+    """A budget baseline that took longer than the full one: the Markdown warns that timings are noisy."""
+    write_trial(tmp_path, "noisy", "base", "baseline", 0, epoch_rows([0.5, 0.6], [2, 2], [10, 10]))
+    write_trial(tmp_path, "noisy", "b50", "baseline", 0, epoch_rows([0.5], [5], [10]), budget=0.5)
+    _, md = check_folder(write_report(tmp_path, "noisy"), 2)
+    assert "**Warning**" in md and "budget 0.5 took 5.0 s" in md
+    make_sweep(tmp_path)
+    assert "**Warning**" not in (write_report(tmp_path, "s1") / "summary.md").read_text()
