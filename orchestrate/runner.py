@@ -9,6 +9,7 @@ Tune callbacks on the driver.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 import sys
@@ -30,7 +31,16 @@ def trainable(config: dict) -> None:
 
     from mixtrain_trainer.loop import Trainer
 
+    from mixtrain_trainer.history import HistoryWriter, load_epochs
+
     cfg, trial_id, labels = resolve_trial(config)
+    record = HistoryWriter(cfg.storage.root, cfg.name, trial_id).read_trial()
+    if record.get("status") == "done" and record.get("config") == cfg.model_dump():
+        # Finished before the driver died, but Tune's saved state lagged: report, do not train again.
+        last = load_epochs(cfg.storage.root, cfg.name, trials=[trial_id]).iloc[-1].to_dict()
+        tune.report({**{k: float(v) for k, v in last.items() if isinstance(v, numbers.Number)}, **record["final"],
+                     "total_train_seconds": record["final"]["total_train_seconds"], "trial_id": trial_id})
+        return
     torch.set_num_threads(max(1, int(float(os.environ.get("MIXTRAIN_TRIAL_CPUS", "1")))))
     work = Path(tempfile.mkdtemp(prefix=f"mixtrain-{trial_id}-"))
     checkpoint = tune.get_checkpoint()
@@ -157,14 +167,20 @@ def _error_line(trial) -> str:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    remote = bool(address) and address != "local"
+    if remote and (Path.home() / ".ray" / "auth_token").exists() and "RAY_AUTH_MODE" not in os.environ:
+        # Clusters started by `ray start --head` use token auth (Ray 2.60+). Ray reads this variable when
+        # it is imported, so it must be set first; if Ray is already imported, re-read its config.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if "ray" in sys.modules:
+            from ray._raylet import Config
+
+            Config.initialize("")
     import ray
 
     if ray.is_initialized():
         return
-    if address and address != "local":
-        token = Path.home() / ".ray" / "auth_token"
-        if token.exists():
-            os.environ.setdefault("RAY_AUTH_MODE", "token")  # clusters started by `ray start --head` (2.60+)
+    if remote:
         ray.init(address=address, log_to_driver=bool(os.environ.get("MIXTRAIN_RAY_LOGS")))
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=bool(os.environ.get("MIXTRAIN_RAY_LOGS")))
