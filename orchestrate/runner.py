@@ -47,9 +47,14 @@ def trainable(config: dict) -> None:
     if checkpoint is not None:
         checkpoint.to_directory(str(work))
 
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()  # where it ran: tests assert placement across nodes
+
     def report(metrics: dict) -> None:
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tune.report({**numbers, "trial_id": trial_id}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**values, "trial_id": trial_id, "node_id": node_id},
+                    checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     trainer = Trainer(cfg, on_epoch_end=report, trial_id=trial_id, labels=labels, checkpoint_dir=work)
     try:
