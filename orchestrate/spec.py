@@ -248,6 +248,10 @@ def _trial(spec: SweepSpec, base: dict, entry: VariantEntry, point: dict, budget
     data = apply_overrides(data, point)
     data.update(variant=entry.name, name=spec.name, budget=budget)
     data["storage"] = {"root": str(sweep_root(spec))}
+    dataset = data.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("root") and "://" not in str(dataset["root"]):
+        # relative to where `mixtrain` runs: Ray workers run elsewhere
+        dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
     label = entry.display if budget == 1.0 else f"baseline@{budget:g}"
     cfg = validate_run_config(data, source=f"{source} (trial {label} {point or ''})".replace(" )", ")"))
     labels = {"variant": label, "model": cfg.model}
