@@ -27,6 +27,7 @@ EPOCH_METRICS = (
     "lr", "total_train_seconds",
 )
 PARENT_TAG = "mixtrain.sweep_parent"
+STATS = {"flushes": 0, "flush_seconds": 0.0, "epochs_logged": 0}  # driver-side cost, read by bench/
 log = logging.getLogger("mixtrain.tracking")
 
 
@@ -158,6 +159,7 @@ class SweepTracker:
                  if k in metrics and metrics[k] is not None and math.isfinite(float(metrics[k]))]
         self.logged[run_id].add(epoch)
         self.pending.append((run_id, batch, [], []))
+        STATS["epochs_logged"] += 1
 
     def log_final(self, run_id: str, final: dict, status: str = "FINISHED", error: str | None = None) -> None:
         from mlflow.entities import Metric, RunTag
@@ -176,6 +178,14 @@ class SweepTracker:
 
     def flush(self) -> bool:
         """Send what is queued; True when nothing is left. Never raises: a lost server keeps the queue."""
+        started = time.perf_counter()
+        try:
+            return self._flush()
+        finally:
+            STATS["flushes"] += 1
+            STATS["flush_seconds"] += time.perf_counter() - started
+
+    def _flush(self) -> bool:
         while self.pending:
             run_id, metrics, params, tags = self.pending[0]
             try:
