@@ -39,7 +39,7 @@ def main() -> int:
         path = tmp / f"trial{seed}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         configs.append(path)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
     def launch(path: Path, tag: str):
         return subprocess.Popen([sys.executable, "-m", "orchestrate.cli", "train", "--config", str(path),

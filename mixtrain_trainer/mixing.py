@@ -22,8 +22,7 @@ def half_grid_masks(
     Returns a bool mask (pairs, h, w). With an odd side the half is rounded down (7 -> 3 rows), so r is
     then slightly below 0.5; ``mask_ratio`` gives the exact r.
     """
-    h, w = grid
-    which = torch.randint(0, HALVES, (pairs,), generator=generator).to(device)
+    which = torch.randint(0, HALVES, (pairs,), generator=generator, device=generator.device).to(device)
     return half_masks_for(which, grid, device)
 
 
