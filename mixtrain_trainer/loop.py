@@ -417,8 +417,9 @@ def record_batch(buf: dict, step: int, loss, ids_s, ids1, ids2, r, parts) -> Non
 
 
 def _downscale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    if x.shape[0] == 0:
-        return x
+    if x.shape[0] == 0:  # an empty batch (no composites) must still get the scaled size: it is concatenated
+        h, w = (math.floor(side * scale) for side in x.shape[-2:])
+        return x.new_zeros((0, x.shape[1], h, w))
     return F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
 
 

@@ -5,6 +5,8 @@ Split 80/20 train/test, stratified with a fixed seed, so every run sees the same
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,8 @@ def load_digits(cfg) -> DataBundle:
     images = images.permute(0, 2, 3, 1).contiguous().numpy()
     labels = raw.target.astype(np.int64)
     train = np.zeros(len(labels), dtype=bool)
-    train[stratified_subset(labels, int(round(0.8 * len(labels))), seed=1234)] = True
+    test_size = math.ceil(0.2 * len(labels))  # 360 of 1,797, as scikit-learn's train_test_split(test_size=0.2)
+    train[stratified_subset(labels, len(labels) - test_size, seed=1234)] = True
     arrays = {
         "xtr": images[train],
         "ytr": labels[train],

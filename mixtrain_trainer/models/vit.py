@@ -64,6 +64,10 @@ class TorchvisionViT(FeatureModel):
 
 @register_model("vit_tiny")
 def vit_tiny(num_classes, image_shape, width=None):
+    if width is not None and width % 3:
+        from mixtrain_trainer.errors import ConfigError
+
+        raise ConfigError(f"model_width: vit_tiny has 3 attention heads, so its width must be a multiple of 3, not {width}")
     return TinyViT(num_classes, image_size=image_shape[1], dim=width or 192, in_chans=image_shape[0])
 
 
