@@ -410,10 +410,12 @@ def record_batch(buf: dict, step: int, loss, ids_s, ids1, ids2, r, parts) -> Non
     inputs = ids_s.numel() + ids1.numel()
     samples = ids_s.numel() + 2 * ids1.numel()
     correct = parts["single_correct"].sum() + parts["correct1"].sum() + parts["correct2"].sum()
-    buf["sums"] += torch.stack([loss.detach().double() * inputs, torch.tensor(float(inputs), device=loss.device),
-                                correct.double(), torch.tensor(float(samples), device=loss.device)])
-    buf["bad_step"] = torch.where((buf["bad_step"] < 0) & ~torch.isfinite(loss.detach()),
-                                  torch.tensor(step, device=loss.device), buf["bad_step"])
+    sums = buf["sums"]  # python scalars go in as kernel arguments: no host-device copies, no sync
+    sums[0] += loss.detach().double() * inputs
+    sums[1] += inputs
+    sums[2] += correct
+    sums[3] += samples
+    buf["bad_step"] = torch.where((buf["bad_step"] < 0) & ~torch.isfinite(loss.detach()), step, buf["bad_step"])
 
 
 def _downscale(x: torch.Tensor, scale: float) -> torch.Tensor:
