@@ -92,29 +92,54 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
             cfg, trial_id, labels = resolve_trial(trial.config)
             return self._t().trial_run(trial_id, labels, cfg.model_dump())
 
+        def _safely(self, what: str, fn) -> bool:
+            """Tracking never stops the sweep: the tracker buffers a lost server's batches itself; anything
+            else that fails here (e.g. MLflow down when the tracker is first made) is left to sync-mlflow."""
+            try:
+                fn()
+                return True
+            except Exception as err:  # noqa: BLE001
+                if getattr(self, "incomplete", False):
+                    return False  # said once
+                self.incomplete = True
+                print(f"mixtrain: warning: MLflow {what} failed ({str(err).strip().splitlines()[-1][:160]}); "
+                      "the sweep goes on", file=sys.stderr, flush=True)
+                return False
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            run_id = self._run(trial)
-            if "error" not in result and "epoch" in result:
-                self._t().log_epoch(run_id, int(result["epoch"]), result)
-            self._t().flush()
+            def log():
+                run_id = self._run(trial)
+                if "error" not in result and "epoch" in result:
+                    self._t().log_epoch(run_id, int(result["epoch"]), result)
+                self._t().flush()
+
+            self._safely("logging", log)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            run_id = self._run(trial)
-            if last.get("failed"):
-                self._t().log_final(run_id, {}, "FAILED", last.get("error"))
-            else:
-                self._t().log_final(run_id, {"final_test_acc": last.get("test_acc"),
-                                             "final_test_top5": last.get("test_top5"),
-                                             "total_train_seconds": last.get("total_train_seconds")})
-            self._t().flush()
+            def log():
+                last = trial.last_result or {}
+                run_id = self._run(trial)
+                if last.get("failed"):
+                    self._t().log_final(run_id, {}, "FAILED", last.get("error"))
+                else:
+                    self._t().log_final(run_id, {"final_test_acc": last.get("test_acc"),
+                                                 "final_test_top5": last.get("test_top5"),
+                                                 "total_train_seconds": last.get("total_train_seconds")})
+                self._t().flush()
+
+            self._safely("logging", log)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._t().log_final(self._run(trial), {}, "FAILED", _error_line(trial))
-            self._t().flush()
+            def log():
+                self._t().log_final(self._run(trial), {}, "FAILED", _error_line(trial))
+                self._t().flush()
+
+            self._safely("logging", log)
 
         def on_experiment_end(self, trials, **info):
-            if not self._t().close():
+            closed = []
+            self._safely("closing", lambda: closed.append(self._t().close()))
+            if not closed or not closed[0] or getattr(self, "incomplete", False):
                 print(f"mixtrain: MLflow at {self.args[0]} did not answer; run `mixtrain sync-mlflow "
                       f"{spec.name}` when it is back (the Parquet history has everything)", file=sys.stderr)
 

@@ -27,6 +27,7 @@ EPOCH_METRICS = (
     "lr", "total_train_seconds",
 )
 PARENT_TAG = "mixtrain.sweep_parent"
+PENDING_RUN = "pending-run:"  # run key of a trial whose MLflow run could not be found or made yet
 STATS = {"flushes": 0, "flush_seconds": 0.0, "epochs_logged": 0}  # driver-side cost, read by bench/
 log = logging.getLogger("mixtrain.tracking")
 
@@ -93,6 +94,8 @@ class SweepTracker:
         self.pending: list[tuple[str, list, list, list]] = []  # (run id, metrics, params, tags)
         self.finished: dict[str, str] = {}  # run id -> terminal status waiting to be set
         self.completed: set[str] = set()  # runs whose final metrics are logged
+        self.unresolved: dict[str, tuple[dict, dict]] = {}  # trial id -> (labels, config): run not found/made yet
+        self.down = False  # MLflow did not answer the last call (warned once per outage)
 
     # ------------------------------------------------------------ runs
     def _experiment(self, name: str) -> str:
@@ -121,31 +124,68 @@ class SweepTracker:
         return run.info.run_id
 
     def trial_run(self, trial_id: str, labels: dict, config: dict) -> str:
-        """The trial's nested run: found by its ``trial_id`` tag (a retry or resume reuses it), else made."""
+        """The trial's nested run: found by its ``trial_id`` tag (a retry or resume reuses it), else made.
+
+        While MLflow does not answer, a placeholder key (``PENDING_RUN`` + trial id) is returned instead:
+        what is logged under it waits in the buffer and goes to the real run when MLflow is back.
+        """
         if trial_id in self.runs:
             return self.runs[trial_id]
+        self.unresolved.setdefault(trial_id, (labels, config))
+        self._resolve(trial_id)
+        return self.runs.get(trial_id, PENDING_RUN + trial_id)
+
+    def _resolve(self, trial_id: str) -> bool:
+        """Find or make the run of a trial logged under a placeholder; move its buffered batches to it."""
+        labels, config = self.unresolved[trial_id]
+        try:
+            run_id, steps, done = self._find_or_create(trial_id, labels, config)
+        except Exception as err:  # noqa: BLE001 - a lost server: stay buffered, never raise into the sweep
+            self._unavailable(err)
+            return False
+        del self.unresolved[trial_id]
+        self.runs[trial_id] = run_id
+        key = PENDING_RUN + trial_id
+        self.logged[run_id] = steps | self.logged.pop(key, set())
+        if done:
+            self.completed.add(run_id)
+        elif key in self.completed:
+            self.completed.add(run_id)
+            if key in self.finished:
+                self.finished[run_id] = self.finished[key]
+        self.completed.discard(key)
+        self.finished.pop(key, None)
+        pending = []
+        for rid, metrics, params, tags in self.pending:
+            if rid == key:
+                if tags and done:  # its final status is already in MLflow
+                    continue
+                if not tags and metrics and metrics[0].step in steps:  # this epoch is already in MLflow
+                    continue
+                rid = run_id
+            pending.append((rid, metrics, params, tags))
+        self.pending = pending
+        return True
+
+    def _find_or_create(self, trial_id: str, labels: dict, config: dict) -> tuple[str, set[int], bool]:
+        """(run id, epochs MLflow has, whether its final status is logged)."""
         run = self._find_run(f"tags.trial_id = '{trial_id}'")
         if run is not None:
             run_id = run.info.run_id
             history = self.client.get_metric_history(run_id, "test_acc")
-            self.logged[run_id] = {m.step for m in history}
-            if "status" in run.data.tags:
-                self.completed.add(run_id)
-        else:
-            from mlflow.entities import Param
+            return run_id, {m.step for m in history}, "status" in run.data.tags
+        from mlflow.entities import Param
 
-            tags = {"mlflow.parentRunId": self.parent_id, "sweep": self.sweep, "trial_id": trial_id,
-                    "variant": str(labels.get("variant", config.get("variant"))),
-                    **{f"label.{k}": str(v) for k, v in labels.items()}}
-            run = self.client.create_run(self.experiment_id, run_name=str(labels.get("variant", trial_id))
-                                         + f" {trial_id[-8:]}", tags=tags)
-            run_id = run.info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(config).items())]
-            for i in range(0, len(params), 100):  # log_batch takes at most 100 params
-                self.client.log_batch(run_id, params=params[i : i + 100])
-            self.logged[run_id] = set()
-        self.runs[trial_id] = run_id
-        return run_id
+        tags = {"mlflow.parentRunId": self.parent_id, "sweep": self.sweep, "trial_id": trial_id,
+                "variant": str(labels.get("variant", config.get("variant"))),
+                **{f"label.{k}": str(v) for k, v in labels.items()}}
+        run = self.client.create_run(self.experiment_id, run_name=str(labels.get("variant", trial_id))
+                                     + f" {trial_id[-8:]}", tags=tags)
+        run_id = run.info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(config).items())]
+        for i in range(0, len(params), 100):  # log_batch takes at most 100 params
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        return run_id, set(), False
 
     # ------------------------------------------------------------ metrics
     def log_epoch(self, run_id: str, epoch: int, metrics: dict, timestamp_ms: int | None = None) -> None:
@@ -168,8 +208,10 @@ class SweepTracker:
             return
         self.completed.add(run_id)
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, 0) for k, v in final.items()
-                   if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))]
+        # Per-epoch metrics (total_train_seconds) are not logged again: a second value at step 0 would be a
+        # duplicate point; their last epoch's value is already the final one.
+        metrics = [Metric(k, float(v), ts, 0) for k, v in final.items() if k not in EPOCH_METRICS
+                   and isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))]
         tags = [RunTag("status", "failed" if status == "FAILED" else "done")]
         if error:
             tags.append(RunTag("error", error[:5000]))
@@ -186,6 +228,9 @@ class SweepTracker:
             STATS["flush_seconds"] += time.perf_counter() - started
 
     def _flush(self) -> bool:
+        for trial_id in list(self.unresolved):
+            if not self._resolve(trial_id):
+                return False
         while self.pending:
             run_id, metrics, params, tags = self.pending[0]
             try:
@@ -193,17 +238,26 @@ class SweepTracker:
                     self.client.log_batch(run_id, metrics=metrics[i : i + 1000], params=params, tags=tags)
                     params, tags = [], []
             except Exception as err:  # noqa: BLE001
-                log.warning("MLflow unavailable (%s); %d batches buffered", str(err).splitlines()[0][:120],
-                            len(self.pending))
+                self._unavailable(err)
                 return False
             self.pending.pop(0)
         for run_id, status in list(self.finished.items()):
             try:
                 self.client.set_terminated(run_id, status=status)
-            except Exception:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001
+                self._unavailable(err)
                 return False
             del self.finished[run_id]
+        if self.down:
+            self.down = False
+            log.warning("MLflow answers again; the buffered batches are logged")
         return True
+
+    def _unavailable(self, err: Exception) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("MLflow unavailable (%s); batches are buffered until it answers again",
+                        str(err).splitlines()[0][:160])
 
     def close(self, status: str = "FINISHED", attempts: int = 3, wait: float = 2.0) -> bool:
         for attempt in range(attempts):
