@@ -141,7 +141,8 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
             self._safely("closing", lambda: closed.append(self._t().close()))
             if not closed or not closed[0] or getattr(self, "incomplete", False):
                 print(f"mixtrain: MLflow at {self.args[0]} did not answer; run `mixtrain sync-mlflow "
-                      f"{spec.name}` when it is back (the Parquet history has everything)", file=sys.stderr)
+                      f"{spec.name} --root {root}` when it is back (the Parquet history has everything)",
+                      file=sys.stderr)
 
     class ProgressCallback(Callback):
         """A live view: trials done / running / failed and each running trial's epoch."""

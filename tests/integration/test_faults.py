@@ -261,9 +261,8 @@ def test_mlflow_lost_mid_sweep_buffers_and_flushes(mlflow_to_break, tmp_path):
     it.assert_history_complete(root, sweep, trial_ids, epochs)
 
 
-def _sync(tmp_path: Path, sweep: str, root: Path) -> tuple[int, str]:
-    log = f"sync-{time.monotonic_ns()}.log"
-    cli = it.run_cli(tmp_path, "sync-mlflow", sweep, "--root", str(root), log=log)
+def _sync(tmp_path: Path, args: list[str]) -> tuple[int, str]:
+    cli = it.run_cli(tmp_path, *args, log=f"sync-{time.monotonic_ns()}.log")
     code = cli.wait(120)
     return code, cli.output()
 
@@ -290,7 +289,8 @@ def test_mlflow_down_until_the_end_then_sync(mlflow_to_break, tmp_path):
             _start_mlflow(server)
     out = cli.output()
     assert code == 0, out[-4000:]
-    assert f"mixtrain sync-mlflow {sweep}" in out, out[-4000:]  # the hint
+    hint = re.search(r"`mixtrain (sync-mlflow [^`]+)`", out)
+    assert hint and hint.group(1) == f"sync-mlflow {sweep} --root {root}", out[-4000:]  # a command that works
     assert all(r["status"] == "done" for r in _records(root, sweep).values())
 
     def logged() -> dict[str, list[int]]:
@@ -303,7 +303,7 @@ def test_mlflow_down_until_the_end_then_sync(mlflow_to_break, tmp_path):
     missing = len(trial_ids) * epochs - sum(len(s) for s in before.values())
     assert missing > 0, before  # the server really missed part of the sweep
 
-    code, out = _sync(tmp_path, sweep, root)
+    code, out = _sync(tmp_path, hint.group(1).split())
     assert code == 0, out[-3000:]
     assert _relogged(out) == missing
     client, _, parents, children = it.mlflow_runs(server.uri, sweep)
@@ -317,7 +317,7 @@ def test_mlflow_down_until_the_end_then_sync(mlflow_to_break, tmp_path):
         history = client.get_metric_history(run.info.run_id, "test_acc")
         assert {m.step: m.value for m in history} == pytest.approx(dict(zip(mine.epoch, mine.test_acc)))
 
-    code, out = _sync(tmp_path, sweep, root)  # idempotent
+    code, out = _sync(tmp_path, hint.group(1).split())  # idempotent
     assert code == 0 and _relogged(out) == 0, out[-3000:]
     client, _, _, children = it.mlflow_runs(server.uri, sweep)
     assert len(children) == len(trial_ids)
