@@ -146,14 +146,19 @@ class RunConfig(_Strict):
         return max(1, round(self.epochs * self.budget))
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """pydantic's first error as one line: ``source: dotted.key: what is wrong``."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    # union members (str | VariantEntry) and validators add their own names to the location: drop them
+    loc = [str(p) for p in first["loc"] if not str(p).startswith(("str", "VariantEntry", "function-"))]
+    key = ".".join(loc) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key; remove it or check its spelling"
-    if first["type"] == "value_error" and ":" in msg and key == "(top level)":
-        key, msg = msg.split(":", 1)
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    elif first["type"] == "value_error" and ":" in msg and key == "(top level)":
+        key, msg = msg.split(":", 1)  # model-level validators name the key themselves
         msg = msg.strip()
     return f"{source}: {key}: {msg}"
 
@@ -165,7 +170,7 @@ def validate_run_config(data: dict[str, Any], source: str = "run config") -> Run
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -33,7 +33,6 @@ from mixtrain_trainer.policy import PATH_NAMES, PATH_REGION1, PATH_REGION3, Amen
 from mixtrain_trainer.sampler import plan_epoch
 from mixtrain_trainer.variants import resolve_variant
 
-
 PATH_LOOKUP = np.array([PATH_NAMES.get(i, "") for i in range(max(PATH_NAMES) + 1)], dtype=object)
 
 

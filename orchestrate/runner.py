@@ -29,9 +29,8 @@ def trainable(config: dict) -> None:
     import torch
     from ray import tune
 
-    from mixtrain_trainer.loop import Trainer
-
     from mixtrain_trainer.history import HistoryWriter, load_epochs
+    from mixtrain_trainer.loop import Trainer
 
     cfg, trial_id, labels = resolve_trial(config)
     record = HistoryWriter(cfg.storage.root, cfg.name, trial_id).read_trial()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mixtrain_trainer.config import (
     RunConfig,
     apply_overrides,
+    format_validation_error,
     load_yaml,
     normalise_shorthands,
     validate_run_config,
@@ -179,25 +180,13 @@ class Trial:
         return {"trial_id": self.trial_id, "run": self.config.model_dump(), "labels": self.labels}
 
 
-def _error_line(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith(("str", "VariantEntry", "function-"))]
-    key = ".".join(loc) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key; remove it or check its spelling"
-    elif first["type"] == "missing":
-        msg = "required key is missing"
-    return f"{source}: {key}: {msg}"
-
-
 def parse_sweep(data: Any, source: str = "sweep file") -> SweepSpec:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with at least 'name' and 'variants'")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_error_line(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def load_sweep(path: str | Path) -> SweepSpec:

@@ -9,7 +9,6 @@ from mixtrain_trainer.data.bundle import DataBundle, require_path
 from mixtrain_trainer.data.parquet import in_memory_bundle
 from mixtrain_trainer.errors import DataError
 
-
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 

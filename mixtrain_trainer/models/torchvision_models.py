@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torchvision.models as tvm
 
-
 from mixtrain_trainer.models import FeatureModel, register_model
 
 

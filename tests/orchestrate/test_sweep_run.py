@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
 from mlflow.tracking import MlflowClient
 
-from mixtrain_trainer.history import load_epochs, load_samples, load_trials
+from mixtrain_trainer.history import load_epochs, load_samples, load_trials, sample_files
 from orchestrate.cli import main
+from orchestrate.report import write_report
 from orchestrate.spec import expand, load_sweep
 from tests.orchestrate.conftest import REPO
 
@@ -64,6 +64,27 @@ def test_quickstart_smoke_end_to_end(ray_local, tmp_path):
     # naive-cutmix pairs everything from epoch 0: half the inputs
     naive = [t.trial_id for t in trials if t.labels["variant"] == "naive-cutmix"][0]
     assert (epochs[epochs.trial == naive].n_inputs == 128).all()
+
+    # The history of a real sweep, for post-hoc study: dtypes, pruning, other readers, the report.
+    full = load_samples(root, "quickstart")
+    expected = {"sample_id": "int64", "loss": "float32", "correct": "bool", "mixed": "bool",
+                "partner_id": "int64", "weight": "float32", "region": "int8", "mix_next": "bool",
+                "skipped": "bool", "epoch": "int32"}
+    assert {c: str(full[c].dtype) for c in expected} == expected
+    assert full.trial.map(type).eq(str).all() and full.mix_path.map(type).eq(str).all()
+    files = sample_files(root, "quickstart", trials=[naive], epochs=[1])
+    assert len(files) == 1 and files[0].endswith(f"trial={naive}/epoch=1/part-0.parquet")
+    assert len(load_samples(root, "quickstart", trials=[naive], epochs=[1])) == 256
+    import duckdb
+
+    glob = f"{root}/quickstart/history/samples/*/*/*.parquet"
+    counts = duckdb.sql(f"select trial, epoch, count(*) from read_parquet('{glob}', hive_partitioning=true) "
+                        "group by all order by all").fetchall()
+    assert [(t, int(e), n) for t, e, n in counts] == [(t, e, n) for (t, e), n in per.sort_index().items()]
+    folder = write_report(root, "quickstart")
+    summary = (folder / "summary.csv").read_text()
+    assert all(t.labels["variant"] in summary for t in trials)
+    assert (folder / "summary.md").exists() and (folder / "test_accuracy.png").stat().st_size > 0
 
 
 def test_crash_is_retried_from_checkpoint(ray_local, write_sweep):
