@@ -252,7 +252,7 @@ class Trainer:
         host = {  # the one host copy of per-sample state per epoch
             "loss": loss.float(), "correct": outcome["correct"], "mixed": outcome["mixed"],
             "partner": outcome["partner"], "weight": outcome["weight"].float(), "region": region,
-            "mix_next": self.policy.mix_next | self.policy.skip_next, "path": self.policy.path,
+            "mix_next": self.policy.mix_next, "path": self.policy.path,  # skip-region3: path region3, not in S_mix
             "skipped": outcome["skipped"],
         }
         host = {k: v.cpu().numpy() for k, v in host.items()}

@@ -26,6 +26,7 @@ RULES = (
     "threshold-avgloss",  # mix the samples whose loss is below the cumulative mean unmixed loss
     "region1-all-region3",  # Region 1 plus every sample with loss > L_incorr
     "skip-region3",  # as mixtrain, but the Region 3 path skips the sample for one epoch instead
+    "mixtrain-confident",  # ours: as mixtrain, but Region 1 also requires the sample to be correct in E
 )
 
 
@@ -100,6 +101,10 @@ def decide(
         return below, none, torch.where(below, PATH_AVGLOSS, PATH_NONE).to(path.dtype)
 
     in_region1, in_region3 = region == 1, region == 3
+    if rule == "mixtrain-confident":
+        # Early in a short run most samples sit below L_mid while under half are correct (BENCHMARKS.md):
+        # only samples the model already gets right are amenable.
+        in_region1 = in_region1 & correct
     # Rule 1: an unmixed sample enters via Region 1 ...
     enter1 = ~mixed & in_region1
     # Rule 2: ... and stays while its loss is below L_mid (i.e. still Region 1).

@@ -49,6 +49,8 @@ VARIANTS: dict[str, Variant] = _v(
     # rate, refine decision boundaries that mixing blurs, so they train unmixed.
     Variant("mixtrain-cutmix-anneal", "mixtrain", "cutmix", split=True, final_nomix_fraction=0.2,
             description="mixtrain-cutmix, last 20% of epochs unmixed"),
+    Variant("mixtrain-cutmix-confident", "mixtrain-confident", "cutmix", split=True,
+            description="mixtrain-cutmix, Region 1 only for samples also correct"),
     Variant("mixtrain-mixup-anneal", "mixtrain", "mixup", adaptive=True, final_nomix_fraction=0.2,
             description="mixtrain-mixup, last 20% of epochs unmixed"),
 )

@@ -68,7 +68,8 @@ def mix_fraction_by_path(samples: pd.DataFrame) -> pd.DataFrame:
     entered via Region 1 / via Region 3 / any other way (``accuracy``, ``avgloss`` thresholds, naive
     pairing, which records no path); ``next_total``: all of S_mix for E + 1 (the three summed).
     ``mixed``: trained as a constituent in epoch E itself; ``skipped``: not trained in E.
-    Note: for ``skip-region3`` the Region 3 entrants of ``mix_next`` are the samples skipped in E + 1.
+    For ``skip-region3`` the Region 3 path skips instead of mixing: those samples have ``mix_path``
+    ``region3`` but ``mix_next`` False, so they are not counted here (``skipped`` of E + 1 shows them).
     Also ``n_samples`` (rows of that epoch).
     """
     _require(samples, ["trial", "epoch", "mix_next", "mix_path", "mixed"], "mix_fraction_by_path")

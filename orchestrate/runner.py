@@ -240,7 +240,9 @@ def _tune_objects(spec: SweepSpec, trials: list[Trial]):
 
     if spec.search.kind == "grid":
         param_space = {"trial": tune.grid_search([t.payload for t in trials])}
-        tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent,
+        # reuse_actors: a finished trial's worker process takes the next trial (no new process, no
+        # re-import of torch): about 2 s saved per trial, the bulk of the machinery's overhead.
+        tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
                                       trial_name_creator=lambda t: resolve_trial(t.config)[1],
                                       trial_dirname_creator=lambda t: resolve_trial(t.config)[1])
         return param_space, tune_config
@@ -260,7 +262,7 @@ def _tune_objects(spec: SweepSpec, trials: list[Trial]):
     limit = s.max_concurrent or spec.max_concurrent
     tune_config = tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher,
-        num_samples=s.num_samples, metric=s.metric, mode=s.mode,
+        num_samples=s.num_samples, metric=s.metric, mode=s.mode, reuse_actors=True,
         trial_name_creator=lambda t: f"optuna-{t.trial_id}", trial_dirname_creator=lambda t: f"optuna-{t.trial_id}",
     )
     return param_space, tune_config

@@ -41,10 +41,11 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
-def _quiet_http(retries: int, timeout: int) -> None:
-    # MLflow retries an unreachable server for minutes by default; a sweep driver must not hang on it.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
+def _quiet_http() -> None:
+    # MLflow retries an unreachable server for minutes by default; a sweep driver must not hang on it
+    # (failed batches are buffered and retried by the tracker itself). A user's own settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
@@ -61,7 +62,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def check_reachable(uri: str) -> None:
     """One clear error if the tracking store cannot be reached, before any trial starts."""
-    _quiet_http(retries=0, timeout=5)
+    _quiet_http()
     from mlflow.tracking import MlflowClient
 
     try:
@@ -82,7 +83,7 @@ class SweepTracker:
     buffered and retried, never raised into the sweep."""
 
     def __init__(self, uri: str, sweep: str, experiment: str | None = None, sweep_params: dict | None = None):
-        _quiet_http(retries=2, timeout=10)
+        _quiet_http()
         from mlflow.tracking import MlflowClient
 
         self.uri, self.sweep = uri, sweep

@@ -280,3 +280,21 @@ def test_state_dict_round_trip_gives_the_same_decisions():
     rb, thb = step(b, *epoch2)
     assert ra == rb and mix_next(a) == mix_next(b) and paths(a) == paths(b)
     assert float(tha.l_mid) == float(thb.l_mid)
+
+
+def test_mixtrain_confident_needs_region1_and_correct():
+    """Our variant's rule: Region 1 entry and stay also require the sample to be correct in E."""
+    p = AmenabilityPolicy("mixtrain-confident", 4, 1, "cpu")
+    step(p, [1.0, 1.0, 5.0, 5.0], [T, T, F, F])  # L_corr = 1, L_incorr = 5, L_mid = 3
+    region, _ = step(p, [0.5, 0.5, 2.0, 8.0], [T, F, T, F])
+    assert region == [1, 1, 1, 3]
+    assert mix_next(p) == [T, F, T, T]  # sample 1 is in Region 1 but wrong: not amenable
+    assert paths(p) == ["region1", "", "region1", "region3"]  # the Region 3 path is unchanged (8 > 5)
+    # the plain rule would have mixed sample 1 too
+    q = AmenabilityPolicy("mixtrain", 4, 1, "cpu")
+    step(q, [1.0, 1.0, 5.0, 5.0], [T, T, F, F])
+    step(q, [0.5, 0.5, 2.0, 8.0], [T, F, T, F])
+    assert mix_next(q) == [T, T, T, T]
+    # staying also needs correctness: mixed sample 0 is still below L_mid but now wrong
+    step(p, [0.4, 0.5, 0.3, 9.0], [F, T, T, F], mixed=[T, F, T, T])
+    assert mix_next(p)[0] is False and mix_next(p)[2] is True

@@ -176,10 +176,11 @@ def test_each_epoch_mixes_the_previous_epochs_s_mix(runs, name):
     for epoch in e["epoch"][1:]:
         prev = s[s["epoch"] == epoch - 1].set_index("sample_id")
         now = s[s["epoch"] == epoch].set_index("sample_id")
-        if name == "skip-region3":  # Region 3 entrants are skipped, Region 1 ones mixed
-            to_skip = prev["mix_next"] & (prev["mix_path"] == "region3")
+        if name == "skip-region3":  # Region 3 entrants are skipped (not in S_mix), Region 1 ones mixed
+            to_skip = ~prev["mix_next"] & (prev["mix_path"] == "region3")
             assert (now["skipped"] == to_skip).all()
-            s_mix = prev["mix_next"] & ~to_skip
+            assert not (prev["mix_next"] & (prev["mix_path"] == "region3")).any()
+            s_mix = prev["mix_next"]
         else:
             s_mix = prev["mix_next"]
         assert not (now["mixed"] & ~s_mix).any(), "only S_mix members are mixed"
