@@ -76,9 +76,12 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
             self.args = (tracking_uri, spec.name, spec.tracking.experiment)
             self.sweep_params = {"sweep": spec.model_dump(mode="json")}
             self.tracker = None
+            self.backlog: list[tuple[str, dict, tuple]] = []  # (kind, trial config, args) not yet queued
+            self.warned = False
 
         def __getstate__(self):
-            return {"args": self.args, "sweep_params": self.sweep_params, "tracker": None}
+            return {"args": self.args, "sweep_params": self.sweep_params, "tracker": None, "backlog": [],
+                    "warned": False}
 
         def _t(self):
             if self.tracker is None:
@@ -87,58 +90,58 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
                 self.tracker = SweepTracker(*self.args, sweep_params=self.sweep_params)
             return self.tracker
 
-        def _run(self, trial) -> str:
-            cfg, trial_id, labels = resolve_trial(trial.config)
-            return self._t().trial_run(trial_id, labels, cfg.model_dump())
+        def _drain(self) -> bool:
+            """Hand the backlog to the tracker and flush; False (never an exception) while MLflow is away.
 
-        def _safely(self, what: str, fn) -> bool:
-            """Tracking never stops the sweep: the tracker buffers a lost server's batches itself; anything
-            else that fails here (e.g. MLflow down when the tracker is first made) is left to sync-mlflow."""
+            The tracker buffers a lost server's batches itself; the backlog only holds what arrived before
+            the tracker could even be made, so nothing is dropped and tracking never stops the sweep."""
             try:
-                fn()
-                return True
+                while self.backlog:
+                    kind, config, args = self.backlog[0]
+                    cfg, trial_id, labels = resolve_trial(config)
+                    run_id = self._t().trial_run(trial_id, labels, cfg.model_dump())
+                    (self._t().log_epoch if kind == "epoch" else self._t().log_final)(run_id, *args)
+                    self.backlog.pop(0)
+                return self._t().flush()
             except Exception as err:  # noqa: BLE001
-                if getattr(self, "incomplete", False):
-                    return False  # said once
-                self.incomplete = True
-                print(f"mixtrain: warning: MLflow {what} failed ({str(err).strip().splitlines()[-1][:160]}); "
-                      "the sweep goes on", file=sys.stderr, flush=True)
+                if not self.warned:
+                    self.warned = True
+                    print(f"mixtrain: warning: MLflow logging failed ({str(err).strip().splitlines()[-1][:160]});"
+                          " the sweep goes on and the points wait", file=sys.stderr, flush=True)
                 return False
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            def log():
-                run_id = self._run(trial)
-                if "error" not in result and "epoch" in result:
-                    self._t().log_epoch(run_id, int(result["epoch"]), result)
-                self._t().flush()
+        def _submit(self, kind: str, trial, *args) -> None:
+            self.backlog.append((kind, trial.config, args))
+            self._drain()
 
-            self._safely("logging", log)
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "error" not in result and "epoch" in result:
+                self._submit("epoch", trial, int(result["epoch"]), dict(result))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            def log():
-                last = trial.last_result or {}
-                run_id = self._run(trial)
-                if last.get("failed"):
-                    self._t().log_final(run_id, {}, "FAILED", last.get("error"))
-                else:
-                    self._t().log_final(run_id, {"final_test_acc": last.get("test_acc"),
-                                                 "final_test_top5": last.get("test_top5"),
-                                                 "total_train_seconds": last.get("total_train_seconds")})
-                self._t().flush()
-
-            self._safely("logging", log)
+            last = trial.last_result or {}
+            if last.get("failed"):
+                self._submit("final", trial, {}, "FAILED", last.get("error"))
+            else:
+                self._submit("final", trial, {"final_test_acc": last.get("test_acc"),
+                                              "final_test_top5": last.get("test_top5"),
+                                              "total_train_seconds": last.get("total_train_seconds")})
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            def log():
-                self._t().log_final(self._run(trial), {}, "FAILED", _error_line(trial))
-                self._t().flush()
-
-            self._safely("logging", log)
+            self._submit("final", trial, {}, "FAILED", _error_line(trial))
 
         def on_experiment_end(self, trials, **info):
-            closed = []
-            self._safely("closing", lambda: closed.append(self._t().close()))
-            if not closed or not closed[0] or getattr(self, "incomplete", False):
+            closed = False
+            for attempt in range(3):
+                self._drain()
+                if not self.backlog:
+                    try:
+                        closed = self._t().close()
+                    except Exception:  # noqa: BLE001
+                        closed = False
+                    break
+                time.sleep(2 * (attempt + 1))
+            if not closed:
                 print(f"mixtrain: MLflow at {self.args[0]} did not answer; run `mixtrain sync-mlflow "
                       f"{spec.name} --root {root}` when it is back (the Parquet history has everything)",
                       file=sys.stderr)

@@ -44,7 +44,7 @@ def default_uri() -> str:
 def _quiet_http() -> None:
     # MLflow retries an unreachable server for minutes by default; a sweep driver must not hang on it
     # (failed batches are buffered and retried by the tracker itself). A user's own settings win.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
