@@ -36,11 +36,15 @@ from mixtrain_trainer.variants import resolve_variant
 PATH_LOOKUP = np.array([PATH_NAMES.get(i, "") for i in range(max(PATH_NAMES) + 1)], dtype=object)
 
 
+def config_digest(cfg: RunConfig, exclude: set[str]) -> str:
+    """8 hex digits of the resolved configuration, without the keys in ``exclude``: stable trial ids."""
+    data = cfg.model_dump(exclude=exclude)
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def default_trial_id(cfg: RunConfig) -> str:
     """A stable id from the resolved configuration (storage, trial id and debug switches left out)."""
-    data = cfg.model_dump(exclude={"trial_id", "storage", "debug", "name"})
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.variant}-{digest}"
+    return f"{cfg.variant}-{config_digest(cfg, {'trial_id', 'storage', 'debug', 'name'})}"
 
 
 def pick_device(requested: str) -> torch.device:

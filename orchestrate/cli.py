@@ -76,7 +76,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args, resume_record: dict | None = None) -> int:
-    from orchestrate.runner import check_resources, init_ray, run_sweep, write_sweep_record
+    from mixtrain_trainer.history import write_json_atomic
+    from orchestrate.runner import check_resources, init_ray, run_sweep
     from orchestrate.spec import expand, parse_sweep, sweep_root
     from orchestrate.tracking import check_reachable, default_uri
 
@@ -105,11 +106,11 @@ def cmd_run(args, resume_record: dict | None = None) -> int:
     if not remote:
         check_reachable(uri)  # creates the local SQLite store
     if not record_path.exists():
-        write_sweep_record(record_path, {
+        write_json_atomic({
             "spec": spec.model_dump(mode="json"), "source": str(source), "smoke": bool(getattr(args, "smoke_test", False)),
             "tracking_uri": uri, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "trials": [t.trial_id for t in trials],
-        })
+        }, record_path)
     print(f"sweep {spec.name}: {len(trials)} trials -> {root / spec.name} | MLflow {uri}", flush=True)
     results = run_sweep(spec, trials, root, uri, address=args.address, resume=resume, quiet=args.quiet,
                         source=str(source))

@@ -8,7 +8,6 @@ Tune callbacks on the driver.
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 import shutil
@@ -302,13 +301,3 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: st
         )
         tuner = tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
     return tuner.fit()
-
-
-def write_sweep_record(path: Path, record: dict) -> None:
-    from mixtrain_trainer.history import write_json_atomic
-
-    write_json_atomic(record, path)
-
-
-def read_sweep_record(path: Path) -> dict:
-    return json.loads(path.read_text())

@@ -9,9 +9,7 @@ the same (RunConfig, trial id, labels), in the trainable and in the driver's tra
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -226,8 +224,9 @@ def smoke_overrides(base: dict) -> dict:
 
 
 def trial_id_for(label: str, cfg: RunConfig) -> str:
-    data = cfg.model_dump(exclude={"trial_id", "storage", "name"})
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    from mixtrain_trainer.loop import config_digest
+
+    digest = config_digest(cfg, {"trial_id", "storage", "name"})  # debug switches count: they change the run
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
     return f"{safe}-{digest}"
 
