@@ -82,8 +82,8 @@ def main() -> int:
     }
     out = root / f"{name}.json"
     out.write_text(json.dumps(result, indent=2))
-    cols = ["variant", "budget", "top1_mean", "delta_top1", "wall_seconds", "speedup", "inputs_ratio",
-            "iso_time_gain", "early_epoch", "mean_frac_mixed"]
+    cols = ["variant", "budget", "top1", "delta_top1", "wall_seconds", "speedup", "inputs_ratio",
+            "iso_time_gain", "early_term_epoch", "frac_mixed_mean"]
     print(summary[[c for c in cols if c in summary]].to_string(index=False))
     print(f"\nraw numbers: {out}")
     return 0

@@ -57,6 +57,11 @@ EPOCHS_SCHEMA = pa.schema([
     ("policy_seconds", pa.float64()),
     ("history_seconds", pa.float64()),
     ("lr", pa.float64()),
+    # second round (CONTRACT.md "Additions"); null in files written before them
+    ("n_forward", pa.int64()),
+    ("n_next_skip", pa.int64()),
+    ("peak_gpu_mem_mb", pa.float64()),
+    ("rss_mb", pa.float64()),
 ])
 
 SAMPLES_PARTITIONING = ds.partitioning(pa.schema([("trial", pa.string()), ("epoch", pa.int32())]), flavor="hive")

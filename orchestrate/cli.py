@@ -175,11 +175,10 @@ def cmd_report(args) -> int:
     print(f"report: {folder}")
     if not args.no_mlflow:
         try:
-            from orchestrate.tracking import SweepTracker, check_reachable
+            from orchestrate.report import log_report
 
             uri = record["spec"]["tracking"].get("uri") or record.get("tracking_uri")
-            check_reachable(uri)
-            SweepTracker(uri, args.name, record["spec"]["tracking"].get("experiment")).log_artifacts(folder)
+            log_report(folder, uri, args.name, record["spec"]["tracking"].get("experiment"))
             print(f"logged to MLflow ({uri}) as artifacts of the sweep's parent run")
         except MixtrainError as err:
             print(f"mixtrain: warning: report not logged to MLflow: {err}", file=sys.stderr)

@@ -272,6 +272,12 @@ class SweepTracker:
     def log_artifacts(self, folder: str | Path, artifact_path: str = "report") -> None:
         self.client.log_artifacts(self.parent_id, str(folder), artifact_path)
 
+    def set_parent_tags(self, tags: dict[str, str]) -> None:
+        """Tags on the sweep's parent run (the report's claim verdicts, say); one batch call."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
 
 def sync_from_files(uri: str, sweep: str, root: Path, experiment: str | None = None) -> dict:
     """Re-log, from the Parquet history and trial records, every trial and epoch MLflow lacks.
