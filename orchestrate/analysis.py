@@ -14,11 +14,19 @@ has a ``plot_*`` twin that draws it with matplotlib (Agg backend) and returns th
 
 Loading only the needed columns keeps large histories cheap, e.g.
 ``load_samples(root, sweep, trials=[t], columns=["sample_id", "mixed", "mix_next", "mix_path"])``.
+
+At any size (10^8 rows and more) use the ``*_from_files(root, sweep, trials=None)`` twins: they read the
+Parquet files directly and return the same small DataFrames as the pandas functions. They open only the
+partitions (trial, epoch) asked for and only the columns each figure needs: DuckDB aggregates for Fig. 6,
+7 / 9a and the trajectories; an epoch-by-epoch Arrow scan with one dense per-sample array for Fig. 8 and
+13, whose memory is O(samples of one epoch), not O(rows).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import matplotlib
 
@@ -30,11 +38,18 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from mixtrain_trainer.history import load_epochs, sample_files  # noqa: E402
+
 __all__ = [
     "OCCUPANCY_BINS",
     "loss_change",
     "lmid_separation",
+    "lmid_separation_from_files",
+    "loss_change_from_files",
     "mix_fraction_by_path",
+    "mix_fraction_by_path_from_files",
+    "region3_occupancy_from_files",
+    "trajectories_from_files",
     "plot_lmid_separation",
     "plot_loss_change",
     "plot_mix_fraction_by_path",
@@ -321,3 +336,192 @@ def plot_trajectories(traj: pd.DataFrame, labels: dict[str, str] | None = None) 
     ax.set_ylabel("per-sample loss (nats)")
     ax.grid(alpha=0.3)
     return fig
+
+
+# ---------------------------------------------------------------- the same figures from the Parquet files
+
+
+def _partitions(root, sweep: str, trials=None) -> dict[str, list[tuple[int, str]]]:
+    """trial -> [(epoch, file)] sorted by epoch: the sample files a query reads (partition pruning)."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for path in sample_files(root, sweep, trials=trials):
+        parts = dict(p.split("=", 1) for p in Path(path).parts[-3:-1])
+        out.setdefault(parts["trial"], []).append((int(parts["epoch"]), path))
+    return {t: sorted(files) for t, files in sorted(out.items())}
+
+
+def _connect():
+    """An in-memory DuckDB with bounded memory; temporary files spill to the system temp folder."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET threads = {max(1, min(os.cpu_count() or 1, 8))}")
+    con.execute("SET memory_limit = '2GB'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+_SAMPLES = ("read_parquet($files, hive_partitioning = true, "
+            "hive_types = {'trial': 'VARCHAR', 'epoch': 'INTEGER'})")
+
+
+def _query(root, sweep: str, trials, sql: str, params: dict | None = None) -> pd.DataFrame | None:
+    """Run ``sql`` (which reads the sample files as ``{samples}``) over the chosen trials' files; None when
+    there are none."""
+    files = [f for parts in _partitions(root, sweep, trials).values() for _, f in parts]
+    if not files:
+        return None
+    con = _connect()
+    try:
+        return con.execute(sql.format(samples=_SAMPLES), {"files": files, **(params or {})}).df()
+    finally:
+        con.close()
+
+
+def mix_fraction_by_path_from_files(root, sweep: str, trials=None) -> pd.DataFrame:
+    """``mix_fraction_by_path`` computed by DuckDB over the sample files (5 columns read)."""
+    sql = """
+        SELECT trial, epoch,
+               avg((mix_next AND coalesce(mix_path, '') = 'region1')::DOUBLE) AS next_region1,
+               avg((mix_next AND coalesce(mix_path, '') = 'region3')::DOUBLE) AS next_region3,
+               avg((mix_next AND coalesce(mix_path, '') NOT IN ('region1', 'region3'))::DOUBLE) AS next_other,
+               avg(mix_next::DOUBLE) AS next_total,
+               avg(mixed::DOUBLE) AS mixed,
+               avg(coalesce(skipped, false)::DOUBLE) AS skipped,
+               count(*) AS n_samples
+        FROM {samples} GROUP BY trial, epoch ORDER BY trial, epoch"""
+    out = _query(root, sweep, trials, sql)
+    cols = ["trial", "epoch", "next_region1", "next_region3", "next_other", "next_total", "mixed", "skipped",
+            "n_samples"]
+    if out is None:
+        return pd.DataFrame(columns=cols)
+    return out.astype({"epoch": int, "n_samples": int})[cols]
+
+
+def lmid_separation_from_files(root, sweep: str, trials=None) -> pd.DataFrame:
+    """``lmid_separation`` computed by DuckDB over the sample files joined with the epoch table."""
+    cols = ["trial", "epoch", "l_mid", "frac_correct_below", "frac_incorrect_below", "n_correct", "n_incorrect"]
+    th = load_epochs(root, sweep, trials=trials, columns=["l_mid"])[["trial", "epoch", "l_mid"]]
+    th = th.astype({"trial": str, "epoch": "int32", "l_mid": float})
+    sql = """
+        WITH s AS (
+            SELECT trial, epoch, correct, loss
+            FROM {samples} WHERE NOT mixed AND NOT coalesce(skipped, false)),
+        g AS (
+            SELECT s.trial, s.epoch,
+                   count(*) FILTER (WHERE correct) AS n_correct,
+                   count(*) FILTER (WHERE NOT correct) AS n_incorrect,
+                   count(*) FILTER (WHERE correct AND loss < th.l_mid) AS below_correct,
+                   count(*) FILTER (WHERE NOT correct AND loss < th.l_mid) AS below_incorrect
+            FROM s LEFT JOIN th ON s.trial = th.trial AND s.epoch = th.epoch
+            GROUP BY s.trial, s.epoch),
+        keys AS (SELECT DISTINCT trial, epoch FROM {samples})
+        SELECT keys.trial, keys.epoch, th.l_mid,
+               CASE WHEN th.l_mid IS NOT NULL AND g.n_correct > 0
+                    THEN g.below_correct / g.n_correct END AS frac_correct_below,
+               CASE WHEN th.l_mid IS NOT NULL AND g.n_incorrect > 0
+                    THEN g.below_incorrect / g.n_incorrect END AS frac_incorrect_below,
+               coalesce(g.n_correct, 0) AS n_correct, coalesce(g.n_incorrect, 0) AS n_incorrect
+        FROM keys LEFT JOIN th ON keys.trial = th.trial AND keys.epoch = th.epoch
+                  LEFT JOIN g ON keys.trial = g.trial AND keys.epoch = g.epoch
+        ORDER BY keys.trial, keys.epoch"""
+    files = [f for parts in _partitions(root, sweep, trials).values() for _, f in parts]
+    if not files:
+        return pd.DataFrame(columns=cols)
+    con = _connect()
+    try:
+        con.register("th", th)
+        out = con.execute(sql.format(samples=_SAMPLES), {"files": files}).df()
+    finally:
+        con.close()
+    out = out.astype({"epoch": int, "n_correct": int, "n_incorrect": int, "l_mid": float,
+                      "frac_correct_below": float, "frac_incorrect_below": float})
+    return out[cols].reset_index(drop=True)
+
+
+def trajectories_from_files(root, sweep: str, sample_ids: Iterable[int], trials=None) -> pd.DataFrame:
+    """``trajectories`` computed by DuckDB: only rows of the chosen samples leave the scan."""
+    ids = [int(i) for i in sample_ids]
+    cols = ["trial", "sample_id", "epoch", "loss", "correct", "region", "mixed", "partner_id", "weight",
+            "mix_next", "mix_path", "skipped"]
+    sql = f"SELECT {', '.join(cols)} FROM {{samples}} WHERE sample_id IN (SELECT unnest($ids)) " \
+          "ORDER BY trial, sample_id, epoch"
+    out = _query(root, sweep, trials, sql, {"ids": ids}) if ids else None
+    if out is None:
+        return pd.DataFrame(columns=cols)
+    return out.astype({"epoch": "int32"}).reset_index(drop=True)
+
+
+def _epoch_columns(path: str, columns: list[str]) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=columns)
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
+
+
+def _dense(ids: np.ndarray, size: int) -> int:
+    return max(size, int(ids.max()) + 1 if len(ids) else 0)
+
+
+def _grow(array: np.ndarray, size: int, fill) -> np.ndarray:
+    if len(array) >= size:
+        return array
+    return np.concatenate([array, np.full(size - len(array), fill, dtype=array.dtype)])
+
+
+def region3_occupancy_from_files(root, sweep: str, trials=None) -> pd.DataFrame:
+    """``region3_occupancy`` from an epoch-by-epoch scan (``sample_id``, ``region``; ``correct`` of the
+    last epoch): one counter per sample id, so memory follows one epoch, not the whole history."""
+    rows = []
+    for trial, parts in _partitions(root, sweep, trials).items():
+        in3 = np.zeros(0, np.int64)
+        seen = np.zeros(0, bool)
+        for _, path in parts:
+            cols = _epoch_columns(path, ["sample_id", "region"])
+            ids = cols["sample_id"].astype(np.int64)
+            size = _dense(ids, len(in3))
+            in3, seen = _grow(in3, size, 0), _grow(seen, size, False)
+            in3[ids] += cols["region"] == 3  # one row per (sample, epoch): ids are unique
+            seen[ids] = True
+        last = _epoch_columns(parts[-1][1], ["sample_id", "correct"])
+        final = np.full(len(in3), -1, np.int8)  # -1: not in the last epoch, in neither set
+        final[last["sample_id"].astype(np.int64)] = last["correct"].astype(np.int8)
+        bins = np.minimum((in3 * 10) // len(parts), 9)
+        for flag, name in ((1, "correct"), (0, "incorrect")):
+            sel = seen & (final == flag)
+            counts = np.bincount(bins[sel], minlength=10)
+            total = int(sel.sum())
+            for b in range(10):
+                rows.append({"trial": trial, "final": name, "bin": b, "bin_label": OCCUPANCY_BINS[b],
+                             "count": int(counts[b]), "fraction": counts[b] / total if total else np.nan})
+    return pd.DataFrame(rows, columns=["trial", "final", "bin", "bin_label", "count", "fraction"])
+
+
+def loss_change_from_files(root, sweep: str, trials=None) -> pd.DataFrame:
+    """``loss_change`` from an epoch-by-epoch scan (``sample_id``, ``loss``): epoch E is paired with E - 1
+    through a dense per-sample array, never a join over the whole history."""
+    rows = []
+    for trial, parts in _partitions(root, sweep, trials).items():
+        prev_epoch, prev_loss, prev_seen = None, np.zeros(0), np.zeros(0, bool)
+        for epoch, path in parts:
+            cols = _epoch_columns(path, ["sample_id", "loss"])
+            ids = cols["sample_id"].astype(np.int64)
+            loss = cols["loss"].astype(np.float64)
+            row = {"trial": trial, "epoch": epoch, "mean_loss": loss.mean() if len(loss) else np.nan,
+                   "mean_change": np.nan, "mean_abs_change": np.nan, "n_samples": 0}
+            if prev_epoch == epoch - 1 and len(ids):
+                inside = ids < len(prev_seen)
+                both = np.zeros(len(ids), bool)
+                both[inside] = prev_seen[ids[inside]]
+                if both.any():
+                    change = loss[both] - prev_loss[ids[both]]
+                    row.update(mean_change=change.mean(), mean_abs_change=np.abs(change).mean(),
+                               n_samples=int(both.sum()))
+            rows.append(row)
+            size = _dense(ids, 0)
+            prev_loss, prev_seen = np.zeros(size), np.zeros(size, bool)
+            prev_loss[ids], prev_seen[ids] = loss, True
+            prev_epoch = epoch
+    out = pd.DataFrame(rows, columns=["trial", "epoch", "mean_loss", "mean_change", "mean_abs_change",
+                                      "n_samples"])
+    return out.astype({"epoch": int, "n_samples": int})

@@ -172,6 +172,14 @@ def cmd_report(args) -> int:
     record = _load_record(root, args.name)
     folder = write_report(root, args.name)
     print((folder / "summary.md").read_text())
+    if getattr(args, "figures", False):
+        from orchestrate.figures import write_figures
+
+        try:
+            figures = write_figures(root, args.name, folder)
+        except FileNotFoundError as err:
+            raise ConfigError(f"--figures: {err}") from None
+        print(f"figures: {', '.join(p.name for p in figures)}")
     print(f"report: {folder}")
     if not args.no_mlflow:
         try:
@@ -257,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--root")
     rp.add_argument("--open", action="store_true", help="open summary.md")
     rp.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    rp.add_argument("--figures", action="store_true",
+                    help="also the per-sample figures (Fig. 6, 7/9a, 8, 13, trajectories) as PNGs, from the Parquet files")
     rp.set_defaults(fn=cmd_report)
 
     sy = sub.add_parser("sync-mlflow", help="re-log to MLflow whatever it lacks, from the Parquet history")
