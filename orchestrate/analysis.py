@@ -216,14 +216,20 @@ def region3_occupancy(samples: pd.DataFrame) -> pd.DataFrame:
         final = final.reindex(in3.index)
         # integer arithmetic: a share of exactly k/10 lands in bin k
         bins = np.minimum((in3.to_numpy() * 10) // n_epochs, 9)
-        for flag, name in ((True, "correct"), (False, "incorrect")):
-            sel = (final == flag).to_numpy()
-            counts = np.bincount(bins[sel], minlength=10)
-            total = int(sel.sum())
-            for b in range(10):
-                rows.append({"trial": trial, "final": name, "bin": b, "bin_label": OCCUPANCY_BINS[b],
-                             "count": int(counts[b]), "fraction": counts[b] / total if total else np.nan})
+        rows += _occupancy_rows(trial, bins, (final == True).to_numpy(), (final == False).to_numpy())  # noqa: E712
     return pd.DataFrame(rows, columns=["trial", "final", "bin", "bin_label", "count", "fraction"])
+
+
+def _occupancy_rows(trial: str, bins: np.ndarray, correct: np.ndarray, incorrect: np.ndarray) -> list[dict]:
+    """The 20 rows of one trial: ``bins`` per sample, ``correct`` / ``incorrect`` its membership of C / I."""
+    rows = []
+    for sel, name in ((correct, "correct"), (incorrect, "incorrect")):
+        counts = np.bincount(bins[sel], minlength=10)
+        total = int(sel.sum())
+        for b in range(10):
+            rows.append({"trial": trial, "final": name, "bin": b, "bin_label": OCCUPANCY_BINS[b],
+                         "count": int(counts[b]), "fraction": counts[b] / total if total else np.nan})
+    return rows
 
 
 def plot_region3_occupancy(occupancy: pd.DataFrame, labels: dict[str, str] | None = None) -> Figure:
@@ -487,13 +493,7 @@ def region3_occupancy_from_files(root, sweep: str, trials=None) -> pd.DataFrame:
         final = np.full(len(in3), -1, np.int8)  # -1: not in the last epoch, in neither set
         final[last["sample_id"].astype(np.int64)] = last["correct"].astype(np.int8)
         bins = np.minimum((in3 * 10) // len(parts), 9)
-        for flag, name in ((1, "correct"), (0, "incorrect")):
-            sel = seen & (final == flag)
-            counts = np.bincount(bins[sel], minlength=10)
-            total = int(sel.sum())
-            for b in range(10):
-                rows.append({"trial": trial, "final": name, "bin": b, "bin_label": OCCUPANCY_BINS[b],
-                             "count": int(counts[b]), "fraction": counts[b] / total if total else np.nan})
+        rows += _occupancy_rows(trial, bins, seen & (final == 1), seen & (final == 0))
     return pd.DataFrame(rows, columns=["trial", "final", "bin", "bin_label", "count", "fraction"])
 
 
