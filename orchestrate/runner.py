@@ -23,6 +23,17 @@ TUNE_DIR = "tune"
 
 
 # ---------------------------------------------------------------------------- in the worker
+def trial_threads() -> int:
+    """Intra-op threads for this worker: the CPUs Ray assigned to it (its placement-group bundle).
+
+    Read in the worker from Ray's own record of what it granted, so it holds on any node of a cluster;
+    a fraction of a CPU (several trials sharing one) gets one thread."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
+
+
 def trainable(config: dict) -> None:
     """One trial, in a Ray worker: train, report each epoch with a checkpoint, resume from Ray's."""
     import torch
@@ -39,7 +50,7 @@ def trainable(config: dict) -> None:
         tune.report({**{k: float(v) for k, v in last.items() if isinstance(v, numbers.Number)}, **record["final"],
                      "total_train_seconds": record["final"]["total_train_seconds"], "trial_id": trial_id})
         return
-    torch.set_num_threads(max(1, int(float(os.environ.get("MIXTRAIN_TRIAL_CPUS", "1")))))
+    torch.set_num_threads(trial_threads())
     work = Path(tempfile.mkdtemp(prefix=f"mixtrain-{trial_id}-"))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -51,7 +62,7 @@ def trainable(config: dict) -> None:
 
     def report(metrics: dict) -> None:
         values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tune.report({**values, "trial_id": trial_id, "node_id": node_id},
+        tune.report({**values, "trial_id": trial_id, "node_id": node_id, "torch_threads": torch.get_num_threads()},
                     checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     trainer = Trainer(cfg, on_epoch_end=report, trial_id=trial_id, labels=labels, checkpoint_dir=work)
@@ -279,7 +290,6 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: st
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(address)
     check_resources(spec, source or spec.name)
-    os.environ["MIXTRAIN_TRIAL_CPUS"] = str(spec.resources.cpu)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     fn = tune.with_resources(trainable, resources)
     storage = root / spec.name / "ray"
