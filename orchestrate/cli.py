@@ -166,11 +166,12 @@ def cmd_status(args) -> int:
 
 # ------------------------------------------------------------------------------------------- report, ui, sync
 def cmd_report(args) -> int:
-    from orchestrate.report import write_report
+    from orchestrate.report import build_report, claim_tags
 
     root = _root(args)
     record = _load_record(root, args.name)
-    folder = write_report(root, args.name)
+    report = build_report(root, args.name, with_samples=not args.no_samples)
+    folder = report.folder
     print((folder / "summary.md").read_text())
     if getattr(args, "figures", False):
         from orchestrate.figures import write_figures
@@ -181,18 +182,25 @@ def cmd_report(args) -> int:
             raise ConfigError(f"--figures: {err}") from None
         print(f"figures: {', '.join(p.name for p in figures)}")
     print(f"report: {folder}")
+    for v in report.verdicts:
+        print(f"claim {v.id}: {v.verdict} ({v.measured}{'; ' + v.reason if v.reason else ''})")
     if not args.no_mlflow:
         try:
             from orchestrate.report import log_report
 
             uri = record["spec"]["tracking"].get("uri") or record.get("tracking_uri")
-            log_report(folder, uri, args.name, record["spec"]["tracking"].get("experiment"))
+            log_report(folder, uri, args.name, record["spec"]["tracking"].get("experiment"),
+                       claim_tags(report.verdicts))
             print(f"logged to MLflow ({uri}) as artifacts of the sweep's parent run")
         except MixtrainError as err:
             print(f"mixtrain: warning: report not logged to MLflow: {err}", file=sys.stderr)
     if args.open:
         opener = "open" if sys.platform == "darwin" else "xdg-open"
         subprocess.run([opener, str(folder / "summary.md")], check=False)
+    if args.check and report.failed:
+        print(f"mixtrain: {len(report.failed)} claim(s) fail: {', '.join(v.id for v in report.failed)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -267,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     rp.add_argument("--figures", action="store_true",
                     help="also the per-sample figures (Fig. 6, 7/9a, 8, 13, trajectories) as PNGs, from the Parquet files")
+    rp.add_argument("--check", action="store_true", help="exit 1 when a claim of the sweep file fails (CI)")
+    rp.add_argument("--no-samples", action="store_true",
+                    help="skip the per-sample history (faster on huge sweeps; its statistics stay blank)")
     rp.set_defaults(fn=cmd_report)
 
     sy = sub.add_parser("sync-mlflow", help="re-log to MLflow whatever it lacks, from the Parquet history")

@@ -112,6 +112,21 @@ class Storage(_Strict):
     root: str | None = None
 
 
+class Claim(_Strict):
+    """A claim of a paper as a check over the report's summary (orchestrate/report/claims.py)."""
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # MLflow tag claim.<id>
+    text: str = ""  # the paper's words
+    check: str
+
+    @field_validator("check")
+    @classmethod
+    def _well_formed(cls, value: str) -> str:
+        from orchestrate.report.claims import parse_check
+
+        parse_check(value)  # ValueError: one line saying what is wrong
+        return value
+
+
 class SweepSpec(_Strict):
     name: str
     description: str | None = None
@@ -125,6 +140,16 @@ class SweepSpec(_Strict):
     max_failures: int = Field(2, ge=0)
     tracking: Tracking = Tracking()
     storage: Storage = Storage()
+    claims: list[Claim] = []
+
+    @field_validator("claims")
+    @classmethod
+    def _unique_ids(cls, value: list[Claim]) -> list[Claim]:
+        ids = [c.id for c in value]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"claim id {dupes[0]!r} is used twice; ids name MLflow tags claim.<id>")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -193,6 +218,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
     spec = parse_sweep(load_yaml(path), str(path))
     trials = expand(spec, source=str(path))  # surfaces a bad trial configuration now, before anything starts
+    check_claims(spec, trials, str(path))
     checked = set()
     for t in trials:
         key = t.config.dataset.model_dump_json()
@@ -203,6 +229,32 @@ def load_sweep(path: str | Path) -> SweepSpec:
             except MixtrainError as err:
                 raise type(err)(f"{path}: {err}") from None
     return spec
+
+
+def claim_groups(trials: list[Trial]) -> tuple[list[dict], list[str]]:
+    """The report's groups of these trials (as summary rows name them: variant, model, budget, grid axes
+    but the seed) and the grid axes, for checking claims before anything runs."""
+    groups, axes = {}, []
+    for t in trials:
+        budget = float(t.labels.get("budget", 1.0))
+        variant = "baseline" if budget < 1.0 and t.config.variant == "baseline" else t.labels["variant"]
+        other = {k: v for k, v in t.labels.items() if k not in ("variant", "model", "budget", "seed")}
+        axes += [k for k in other if k not in axes]
+        g = {"variant": variant, "model": t.labels.get("model", t.config.model), "budget": budget, **other}
+        groups.setdefault(repr(sorted(g.items(), key=str)), g)
+    return list(groups.values()), axes
+
+
+def check_claims(spec: SweepSpec, trials: list[Trial], source: str) -> None:
+    """Every claim's references name a known summary column and exactly one group of the sweep."""
+    from orchestrate.report.claims import check_references, parse_check
+
+    groups, axes = claim_groups(trials)
+    for i, claim in enumerate(spec.claims):
+        try:
+            check_references(parse_check(claim.check), groups, axes)
+        except ValueError as err:
+            raise ConfigError(f"{source}: claims.{i}.check ({claim.id}): {err}") from None
 
 
 def sweep_root(spec: SweepSpec) -> Path:

@@ -1,20 +1,26 @@
 """The report folder: Markdown and CSV files, the PNG plots, and the MLflow artifacts and tags.
 
-``write_report(root, sweep)`` writes ``<root>/<sweep>/report/``: summary.csv, summary.md, trials.csv and
-the PNG plots. ``log_report(folder, uri, sweep, ...)`` logs that folder as artifacts of the sweep's parent
-MLflow run through the tracking adapter (``orchestrate.tracking``), with any tags given.
+``write_report(root, sweep)`` writes ``<root>/<sweep>/report/``: summary.csv, summary.md, trials.csv,
+claims.csv (when the sweep has claims) and the PNG plots; ``build_report`` does the same and also returns
+the summary and the claims' verdicts. ``log_report(folder, uri, sweep, ...)`` logs that folder as
+artifacts of the sweep's parent MLflow run through the tracking adapter (``orchestrate.tracking``), with
+the ``claim.<id>`` tags (``claim_tags``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mixtrain_trainer.history import storage_root
+from orchestrate.report.claims import HOLDS, Verdict, evaluate_claims, verdict_table
 from orchestrate.report.plots import plot_accuracy_vs_speedup, plot_fraction_mixed, plot_test_accuracy
+from orchestrate.report.samples import STAT_COLUMNS
 from orchestrate.report.summary import (
     SUMMARY_COLUMNS,
     TRIAL_COLUMNS,
@@ -24,7 +30,7 @@ from orchestrate.report.summary import (
     _trial_table,
 )
 
-__all__ = ["PLOTS", "log_report", "write_report"]
+__all__ = ["PLOTS", "Report", "build_report", "claim_tags", "log_report", "write_report"]
 
 #: the PNG files of a report folder
 PLOTS = ("accuracy_vs_speedup.png", "test_accuracy.png", "fraction_mixed.png")
@@ -80,7 +86,7 @@ NOTE = (
 
 
 def _summary_lines(summary: pd.DataFrame) -> list[str]:
-    extra_cols = [c for c in summary.columns if c not in SUMMARY_COLUMNS and c not in _STAT_COLUMNS]
+    extra_cols = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
     headers = ["Model", "Variant", "Epoch budget", *extra_cols, "Seeds", "Top-1 (%)", "Δ top-1 (pts)",
                "Wall time (s)", "Speedup (×)", "Inputs ratio", "Iso-time gain (pts)", "Early-term. epoch",
                "Early-term. speedup (×)", "Mixed: last / mean epoch (%)", "Peak mem. GPU / RSS (MB)"]
@@ -102,8 +108,46 @@ def _summary_lines(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-#: per-sample statistics columns (added by ``orchestrate.report.samples``); listed in their own table
-_STAT_COLUMNS: tuple[str, ...] = ()
+_STAT_HEADERS = {
+    "lmid_correct_below": "Correct < L_mid", "lmid_incorrect_below": "Incorrect < L_mid",
+    "region3_incorrect_over70": "I in R3 ≥70% of epochs", "region3_correct_over60": "C in R3 ≥60% of epochs",
+    "region1_share": "S_mix via R1", "region3_share": "S_mix via R3", "region3_frac_mean": "Mixed via R3 / epoch",
+}
+
+
+def _stat_lines(summary: pd.DataFrame) -> list[str]:
+    """The per-sample statistics of the groups that have any (percent)."""
+    rows = summary[summary[list(STAT_COLUMNS)].notna().any(axis=1)] if len(summary) else summary
+    if not len(rows):
+        return []
+    extra_cols = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
+    headers = ["Model", "Variant", "Epoch budget", *extra_cols, *(_STAT_HEADERS[c] + " (%)" for c in STAT_COLUMNS)]
+    lines = ["", "## Per-sample statistics", "",
+             "Means over finished seeds, in percent (the columns of summary.csv named in brackets): "
+             + "; ".join(f"{_STAT_HEADERS[c]} [`{c}`]" for c in STAT_COLUMNS)
+             + ". Definitions: `orchestrate/report/samples.py`.", "",
+             _row(headers), "| " + " | ".join(["---"] * 2 + ["---:"] * (len(headers) - 2)) + " |"]
+    for _, r in rows.iterrows():
+        lines.append(_row([r["model"], r["variant"], "full" if r["budget"] >= 1 else f"{r['budget']:g}",
+                           *("—" if pd.isna(r[c]) else r[c] for c in extra_cols),
+                           *(_fmt(r[c], 1) for c in STAT_COLUMNS)]))
+    return lines
+
+
+def _claim_lines(verdicts: list[Verdict]) -> list[str]:
+    if not verdicts:
+        return []
+    counts = {v: sum(x.verdict == v for x in verdicts) for v in ("holds", "fails", "not measured")}
+    lines = ["", "## Claims", "",
+             f"{_plural(len(verdicts), 'claim')} of the sweep file: "
+             + ", ".join(f"{n} {v}" for v, n in counts.items()) + ". A check is evaluated on the table above "
+             "(`label.column`; percentages); `not measured`: a value it needs is missing.", "",
+             _row(["Claim", "Verdict", "Check", "Measured", "Paper"]), "| --- | --- | --- | --- | --- |"]
+    for v in verdicts:
+        verdict = f"**{v.verdict}**" if v.verdict != HOLDS else v.verdict
+        measured = v.measured + (f" ({v.reason})" if v.reason else "")
+        lines.append(_row([f"`{v.id}`", verdict, f"`{v.check}`", measured, v.text.strip()]))
+    return lines
 
 
 def _trial_lines(trials: pd.DataFrame) -> list[str]:
@@ -139,6 +183,7 @@ def markdown(sweep: str, summary: pd.DataFrame, trials: pd.DataFrame, records: l
     ]
     lines += [f"\n> **Warning**: {w}" for w in warnings]
     lines += list(claim_lines)
+    lines += _stat_lines(summary)
     if len(trials):
         lines += ["", "## Trials", "", *_trial_lines(trials)]
     failed = [r for r in records if r.get("status") != "done"]
@@ -151,19 +196,46 @@ def markdown(sweep: str, summary: pd.DataFrame, trials: pd.DataFrame, records: l
     return "\n".join(lines) + "\n"
 
 
-def write_report(root, sweep: str) -> Path:
-    """Write ``<root>/<sweep>/report/`` (summary.csv, summary.md, trials.csv and the PNGs of ``PLOTS``)
-    and return the folder. ``root`` None: the default storage."""
+@dataclass
+class Report:
+    folder: Path
+    summary: pd.DataFrame
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.verdict == "fails"]
+
+
+def sweep_claims(root, sweep: str) -> list[dict]:
+    """The claims of the sweep file a sweep ran (its record, ``sweep.json``); none without a record."""
+    path = storage_root(str(root) if root else None) / sweep / "sweep.json"
+    if not path.is_file():
+        return []
+    return list((json.loads(path.read_text()).get("spec") or {}).get("claims") or [])
+
+
+def build_report(root, sweep: str, claims=None, with_samples: bool = True) -> Report:
+    """Write ``<root>/<sweep>/report/`` (summary.csv, summary.md, trials.csv, claims.csv when there are
+    claims, and the PNGs of ``PLOTS``). ``claims``: ``{id, text, check}`` entries (default: the sweep
+    record's); ``root`` None: the default storage; ``with_samples`` False: no per-sample statistics."""
     import matplotlib.pyplot as plt
 
-    groups, _, records = _collect(root, sweep)
+    groups, _, records = _collect(root, sweep, with_samples)
     summary = _summary(groups)
     trials = _trial_table(groups)
+    claims = sweep_claims(root, sweep) if claims is None else list(claims)
+    verdicts = evaluate_claims(claims, summary)
     folder = storage_root(str(root) if root else None) / sweep / "report"
     folder.mkdir(parents=True, exist_ok=True)
     summary.round(6).to_csv(folder / "summary.csv", index=False)
     trials.round(6).to_csv(folder / "trials.csv", index=False)
-    (folder / "summary.md").write_text(markdown(sweep, summary, trials, records, _frontier_warnings(groups)))
+    if verdicts:
+        verdict_table(verdicts).to_csv(folder / "claims.csv", index=False)
+    else:
+        (folder / "claims.csv").unlink(missing_ok=True)
+    (folder / "summary.md").write_text(
+        markdown(sweep, summary, trials, records, _frontier_warnings(groups), _claim_lines(verdicts)))
     for name, fig in zip(PLOTS, (
         plot_accuracy_vs_speedup(groups, summary, sweep),
         plot_test_accuracy(groups, sweep),
@@ -171,7 +243,17 @@ def write_report(root, sweep: str) -> Path:
     )):
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)
-    return folder
+    return Report(folder, summary, verdicts)
+
+
+def write_report(root, sweep: str, claims=None, with_samples: bool = True) -> Path:
+    """``build_report``'s folder."""
+    return build_report(root, sweep, claims, with_samples).folder
+
+
+def claim_tags(verdicts: list[Verdict]) -> dict[str, str]:
+    """MLflow tags of the parent run: ``claim.<id>`` = holds / fails / not measured."""
+    return {f"claim.{v.id}": v.verdict for v in verdicts}
 
 
 def log_report(folder: Path, uri: str, sweep: str, experiment: str | None = None,

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mixtrain_trainer.history import load_epochs, load_trials
+from orchestrate.report.samples import STAT_COLUMNS, mean_statistics, trial_statistics
 
 __all__ = ["SUMMARY_COLUMNS", "TRIAL_COLUMNS", "summarize", "trial_table"]
 
@@ -50,7 +51,7 @@ SUMMARY_COLUMNS = [
     "model", "variant", "budget", "n_seeds", "n_failed", "n_running", "top1", "top1_std", "top5",
     "delta_top1", "wall_seconds", "speedup", "n_inputs", "n_forward", "inputs_ratio", "iso_time_gain",
     "early_term_epoch", "early_term_speedup", "frac_mixed_final", "frac_mixed_mean", "peak_gpu_mem_mb",
-    "peak_rss_mb", "epochs", "seeds", "baseline_match", "missing",
+    "peak_rss_mb", *STAT_COLUMNS, "epochs", "seeds", "baseline_match", "missing",
 ]
 #: ``trial_table``'s columns (grid-axis label columns go after ``seed``)
 TRIAL_COLUMNS = ["trial_id", "model", "variant", "budget", "seed", "status", "top1", "wall_seconds", "n_inputs",
@@ -85,6 +86,7 @@ class _Trial:
     final_frac_mixed: float = math.nan  # percent
     mean_frac_mixed: float = math.nan  # percent
     peak: dict = field(default_factory=dict)  # summary memory column -> MB (NaN when not recorded)
+    stats: dict = field(default_factory=dict)  # per-sample statistics (orchestrate.report.samples)
 
     @property
     def cost(self) -> float:
@@ -194,9 +196,10 @@ def _load_epochs(root, sweep: str) -> pd.DataFrame:
     return epochs
 
 
-def _collect(root, sweep: str) -> tuple[list[_Group], pd.DataFrame, list[dict]]:
+def _collect(root, sweep: str, with_samples: bool = True) -> tuple[list[_Group], pd.DataFrame, list[dict]]:
     """The trial records grouped (in a stable order: models as first seen, then the baseline, the budget
-    baselines from the largest budget, then the other variants by name), the epoch table, the records."""
+    baselines from the largest budget, then the other variants by name), the epoch table, the records.
+    Finished trials get their per-sample statistics (reading the per-sample history if ``with_samples``)."""
     records = load_trials(root, sweep)
     epochs = _load_epochs(root, sweep)
     by_trial = {tid: df.sort_values("epoch").reset_index(drop=True) for tid, df in epochs.groupby("trial")}
@@ -204,6 +207,8 @@ def _collect(root, sweep: str) -> tuple[list[_Group], pd.DataFrame, list[dict]]:
     groups: dict[tuple, _Group] = {}
     for rec in records:
         t = _trial(rec, by_trial.get(str(rec.get("trial_id", "")), empty))
+        if t.status == "done":
+            t.stats = trial_statistics(root, sweep, t.trial_id, t.epochs, with_samples)
         key = (t.model, t.variant, t.base_variant, t.budget, _hashable(t.extra))
         groups.setdefault(key, _Group(t.model, t.variant, t.base_variant, t.budget, t.extra)).trials.append(t)
     first_seen = {key: i for i, key in enumerate(groups)}
@@ -385,6 +390,7 @@ def _summary(groups: list[_Group]) -> pd.DataFrame:
             "frac_mixed_final": _mean(t.final_frac_mixed for t in done),
             "frac_mixed_mean": _mean(t.mean_frac_mixed for t in done),
             **{col: _max(t.peak.get(col, math.nan) for t in g.trials) for col in _MEMORY},
+            **mean_statistics([t.stats for t in done]),
             "epochs": _mean(t.n_epochs for t in done),
             "seeds": " ".join(str(t.seed) for t in sorted(done, key=lambda t: str(t.seed))),
             "baseline_match": ref.match if ref else "",
@@ -400,9 +406,10 @@ def _summary(groups: list[_Group]) -> pd.DataFrame:
     return table
 
 
-def summarize(root, sweep: str) -> pd.DataFrame:
-    """One row per group of trials (labels minus seed); see the module docstring for every column."""
-    groups, _, _ = _collect(root, sweep)
+def summarize(root, sweep: str, with_samples: bool = True) -> pd.DataFrame:
+    """One row per group of trials (labels minus seed); see the module docstring for every column.
+    ``with_samples`` False: skip the per-sample history (its statistics stay blank)."""
+    groups, _, _ = _collect(root, sweep, with_samples)
     return _summary(groups)
 
 
@@ -421,5 +428,5 @@ def _trial_table(groups: list[_Group]) -> pd.DataFrame:
 def trial_table(root, sweep: str) -> pd.DataFrame:
     """One row per trial (finished or not): its labels, status, final top-1 (%), training seconds, inputs,
     epochs recorded and peak memory (the largest epoch value; NaN where not recorded)."""
-    groups, _, _ = _collect(root, sweep)
+    groups, _, _ = _collect(root, sweep, with_samples=False)
     return _trial_table(groups)

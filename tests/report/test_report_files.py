@@ -37,7 +37,8 @@ def test_full_sweep_report(tmp_path):
     assert "Iso-time gain:" in md and "Speedup:" in md  # the footnote
     assert "are **percentages**" in md and "`test_acc` metrics are fractions" in md
     assert "## Trials not finished" in md and "`mc-2`" in md and "boom at epoch 2" in md
-    groups_md, trials_md = md.split("## Trials\n")
+    groups_md = md.split("\n## ")[0]  # the group table; then per-sample statistics, trials, unfinished trials
+    assert "\n## Per-sample statistics" in md and "\n## Trials\n" in md
     table = [line for line in groups_md.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 1 + 5  # header, rule, one line per group
     assert all(line.count("|") == table[0].count("|") for line in table)
