@@ -11,6 +11,7 @@ From the per-sample history (Parquet, only the needed columns):
 - ``lmid_correct_below`` / ``lmid_incorrect_below``: of the unmixed, trained samples that were correct /
   incorrect in an epoch, the share with loss < L_mid, mean over the epochs where L_mid is defined (Fig. 6;
   the paper: > 95 % and < 10 %). ``orchestrate.analysis.lmid_separation`` per epoch.
+  Blank for a trial whose L_mid was never defined (a run without the amenability thresholds).
 - ``region3_incorrect_over70``: of the samples incorrect after the last epoch (set I), the share that
   spent at least 70 % of the epochs in Region 3 (Fig. 8a: "over half"); ``region3_correct_over60``: of
   the samples correct at the end (set C), the share in Region 3 for at least 60 % of the epochs (Fig. 8b:
@@ -24,13 +25,12 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["STAT_COLUMNS", "epoch_statistics", "sample_statistics"]
+__all__ = ["STAT_COLUMNS", "epoch_statistics", "mean_statistics", "sample_statistics", "sweep_statistics"]
 
 EPOCH_STATS = ("region1_share", "region3_share", "region3_frac_mean")
 SAMPLE_STATS = ("lmid_correct_below", "lmid_incorrect_below", "region3_incorrect_over70", "region3_correct_over60")
 #: the per-sample statistics columns of the summary
 STAT_COLUMNS = (*SAMPLE_STATS, *EPOCH_STATS)
-SAMPLE_COLUMNS = ["sample_id", "loss", "correct", "mixed", "skipped", "region"]
 
 
 def epoch_statistics(epochs: pd.DataFrame) -> dict[str, float]:
@@ -51,46 +51,42 @@ def epoch_statistics(epochs: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def sample_statistics(samples: pd.DataFrame, epochs: pd.DataFrame) -> dict[str, float]:
-    """``SAMPLE_STATS`` of one trial from its per-sample rows (``SAMPLE_COLUMNS`` plus trial, epoch) and
-    its epoch-table rows (``l_mid``)."""
-    from orchestrate import analysis
-
+def sample_statistics(separation: pd.DataFrame, occupancy: pd.DataFrame) -> dict[str, float]:
+    """``SAMPLE_STATS`` of one trial from its rows of ``analysis.lmid_separation`` (per epoch) and of
+    ``analysis.region3_occupancy`` (per bin); NaN where a share has no sample to be over."""
     out = dict.fromkeys(SAMPLE_STATS, math.nan)
-    if not len(samples):
-        return out
-    if "l_mid" in epochs and len(epochs):
-        sep = analysis.lmid_separation(samples, epochs)
-        for col, name in (("frac_correct_below", "lmid_correct_below"),
-                          ("frac_incorrect_below", "lmid_incorrect_below")):
-            vals = sep[col].dropna()
-            out[name] = 100 * float(vals.mean()) if len(vals) else math.nan
-    if "region" in samples and (samples["region"].astype(int) > 0).any():
-        occ = analysis.region3_occupancy(samples)
-        for final, lowest, name in (("incorrect", 7, "region3_incorrect_over70"),
-                                    ("correct", 6, "region3_correct_over60")):
-            part = occ[occ["final"] == final]
-            total = int(part["count"].sum())
-            if total:
-                out[name] = 100 * int(part.loc[part["bin"] >= lowest, "count"].sum()) / total
+    for col, name in (("frac_correct_below", "lmid_correct_below"), ("frac_incorrect_below", "lmid_incorrect_below")):
+        vals = separation[col].dropna() if col in separation else ()
+        if len(vals):
+            out[name] = 100 * float(vals.mean())
+    for final, lowest, name in (("incorrect", 7, "region3_incorrect_over70"), ("correct", 6, "region3_correct_over60")):
+        part = occupancy[occupancy["final"] == final] if len(occupancy) else occupancy
+        total = int(part["count"].sum()) if len(part) else 0
+        if total:
+            out[name] = 100 * int(part.loc[part["bin"] >= lowest, "count"].sum()) / total
     return out
 
 
-def trial_statistics(root, sweep: str, trial_id: str, epochs: pd.DataFrame, with_samples: bool = True
-                     ) -> dict[str, float]:
-    """All ``STAT_COLUMNS`` of one trial; the per-sample ones NaN when ``with_samples`` is False or the
-    trial has no per-sample history."""
-    out = epoch_statistics(epochs)
-    out.update(dict.fromkeys(SAMPLE_STATS, math.nan))
-    if with_samples:
-        from mixtrain_trainer.history import load_samples
+def sweep_statistics(root, sweep: str, epochs: dict[str, pd.DataFrame], with_samples: bool = True
+                     ) -> dict[str, dict[str, float]]:
+    """All ``STAT_COLUMNS`` of the trials in ``epochs`` (trial id -> its epoch-table rows), by trial id.
+    The per-sample ones come from the Parquet files through ``orchestrate.analysis``'s file queries
+    (DuckDB / Arrow scans: memory follows one epoch, not the history); NaN when ``with_samples`` is False,
+    a trial has no per-sample history, or its thresholds were never defined (no L_mid, no regions)."""
+    from orchestrate import analysis
 
-        try:
-            samples = load_samples(root, sweep, trials=[trial_id], columns=SAMPLE_COLUMNS)
-        except (FileNotFoundError, OSError, ValueError):
-            samples = pd.DataFrame()
-        if len(samples):
-            out.update(sample_statistics(samples, epochs.assign(trial=str(trial_id))))
+    out = {tid: {**epoch_statistics(ep), **dict.fromkeys(SAMPLE_STATS, math.nan)} for tid, ep in epochs.items()}
+    ids = [tid for tid, ep in epochs.items() if "l_mid" in ep and ep["l_mid"].notna().any()]
+    if not with_samples or not ids:
+        return out
+    try:
+        separation = analysis.lmid_separation_from_files(root, sweep, trials=ids)
+        occupancy = analysis.region3_occupancy_from_files(root, sweep, trials=ids)
+    except FileNotFoundError:  # no per-sample history at all
+        return out
+    for tid in ids:
+        out[tid].update(sample_statistics(separation[separation["trial"].astype(str) == tid],
+                                          occupancy[occupancy["trial"].astype(str) == tid]))
     return out
 
 

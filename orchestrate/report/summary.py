@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mixtrain_trainer.history import load_epochs, load_trials
-from orchestrate.report.samples import STAT_COLUMNS, mean_statistics, trial_statistics
+from orchestrate.report.samples import STAT_COLUMNS, mean_statistics, sweep_statistics
 
 __all__ = ["SUMMARY_COLUMNS", "TRIAL_COLUMNS", "summarize", "trial_table"]
 
@@ -207,10 +207,11 @@ def _collect(root, sweep: str, with_samples: bool = True) -> tuple[list[_Group],
     groups: dict[tuple, _Group] = {}
     for rec in records:
         t = _trial(rec, by_trial.get(str(rec.get("trial_id", "")), empty))
-        if t.status == "done":
-            t.stats = trial_statistics(root, sweep, t.trial_id, t.epochs, with_samples)
         key = (t.model, t.variant, t.base_variant, t.budget, _hashable(t.extra))
         groups.setdefault(key, _Group(t.model, t.variant, t.base_variant, t.budget, t.extra)).trials.append(t)
+    done = {t.trial_id: t for g in groups.values() for t in g.done}
+    for tid, stats in sweep_statistics(root, sweep, {tid: t.epochs for tid, t in done.items()}, with_samples).items():
+        done[tid].stats = stats
     first_seen = {key: i for i, key in enumerate(groups)}
     model_order = {m: i for i, m in enumerate(dict.fromkeys(g.model for g in groups.values()))}
 
