@@ -129,7 +129,8 @@ class RunConfig(_Strict):
             ("dataset.name", self.dataset.name, DATASETS),
         ):
             if value not in registry:
-                raise ValueError(f"{key}: unknown name {value!r}; choose one of {', '.join(sorted(registry))}")
+                raise ValueError(f"{key}: unknown name {value!r}{did_you_mean(value, registry)}; "
+                                 f"choose one of {', '.join(sorted(registry))}")
         from mixtrain_trainer.models import NO_FEATURE_MAP
         from mixtrain_trainer.variants import resolve_variant
 
@@ -146,31 +147,70 @@ class RunConfig(_Strict):
         return max(1, round(self.epochs * self.budget))
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """pydantic's first error as one line: ``source: dotted.key: what is wrong``."""
+def did_you_mean(word: Any, choices) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _fields_at(model: type[BaseModel] | None, loc: list[str]) -> list[str] | None:
+    """The keys a pydantic model accepts at ``loc`` (the parent of an unknown key), or None if unknown."""
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else None
+
+
+def _blame(key: str, overrides: list[str] | None) -> str | None:
+    """The ``--set`` override that set ``key`` (or a parent or child of it), if any."""
+    for text in overrides or []:
+        set_key = text.split("=", 1)[0].strip()
+        for candidate in {set_key, set_key.removeprefix("base."), set_key.removeprefix("grid.")}:
+            if key == candidate or key.startswith(candidate + ".") or candidate.startswith(key + "."):
+                return text
+    return None
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None,
+                            overrides: list[str] | None = None) -> str:
+    """pydantic's first error as one line: ``source: dotted.key: what is wrong (got VALUE)``.
+
+    ``model`` (the validated class) lets an unknown key get a "did you mean"; a key set by one of
+    ``overrides`` (``--set key=value`` texts) is blamed on that ``--set``, not on ``source``.
+    """
     first = err.errors()[0]
     # union members (str | VariantEntry) and validators add their own names to the location: drop them
     loc = [str(p) for p in first["loc"] if not str(p).startswith(("str", "VariantEntry", "function-"))]
     key = ".".join(loc) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        msg = "unknown key; remove it or check its spelling"
+        known = _fields_at(model, loc[:-1]) if loc else None
+        hint = did_you_mean(loc[-1], known) if known else ""
+        msg = f"unknown key{hint}" if hint else "unknown key; remove it or check its spelling"
     elif first["type"] == "missing":
         msg = "required key is missing"
     elif first["type"] == "value_error" and ":" in msg and key == "(top level)":
         key, msg = msg.split(":", 1)  # model-level validators name the key themselves
         msg = msg.strip()
-    return f"{source}: {key}: {msg}"
+    elif not isinstance(first.get("input"), (dict, list)) and "input" in first:
+        msg += f" (got {first['input']!r})"
+    blamed = _blame(key, overrides)
+    return f"--set {blamed}: {key}: {msg}" if blamed else f"{source}: {key}: {msg}"
 
 
-def validate_run_config(data: dict[str, Any], source: str = "run config") -> RunConfig:
-    """Build a RunConfig from a plain dict; a bad value raises ConfigError with one clear line."""
+def validate_run_config(data: dict[str, Any], source: str = "run config", overrides: list[str] | None = None
+                        ) -> RunConfig:
+    """Build a RunConfig from a plain dict; a bad value raises ConfigError with one clear line (blamed
+    on the ``--set`` in ``overrides`` that set it, if one did)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, RunConfig, overrides)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -239,4 +279,4 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
         raise ConfigError(f"{path}: expected a mapping of run keys at the top level")
     data = normalise_shorthands(data)
     data = apply_overrides(data, overrides or [])
-    return validate_run_config(data, source=str(path))
+    return validate_run_config(data, source=str(path), overrides=overrides)

@@ -53,12 +53,38 @@ def cmd_train(args) -> int:
 def _spec_and_trials(args):
     from orchestrate.spec import expand, load_sweep
 
-    spec = load_sweep(args.sweep)
+    overrides = getattr(args, "set", None) or []
+    spec = load_sweep(args.sweep, overrides)
     if getattr(args, "new_name", None):
         spec = spec.model_copy(update={"name": args.new_name})
     if getattr(args, "root", None):
         spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"root": args.root})})
-    return spec, expand(spec, smoke=args.smoke_test, source=args.sweep)
+    return spec, expand(spec, smoke=args.smoke_test, source=args.sweep, overrides=overrides)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def sweep_changes(record: dict, spec, trials, smoke: bool) -> tuple[list[str], list[str], list[str]]:
+    """What differs between a saved sweep and the same name's definition now: (changed spec keys as
+    "key old -> new", saved trial ids no longer in the sweep, new trial ids). Only the trials decide;
+    keys that change no trial (tracking, storage) are listed only beside a trial change."""
+    from orchestrate.tracking import flatten
+
+    saved_ids, now_ids = list(record.get("trials", [])), [t.trial_id for t in trials]
+    gone = [t for t in saved_ids if t not in set(now_ids)]
+    new = [t for t in now_ids if t not in set(saved_ids)]
+    old = flatten({**record["spec"], "smoke-test": bool(record.get("smoke"))})
+    now = flatten({**spec.model_dump(mode="json"), "smoke-test": smoke})
+    keys = [f"{k} {_short(old.get(k, '(unset)'))} -> {_short(now.get(k, '(unset)'))}"
+            for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and not k.startswith("storage.")]
+    return keys, gone, new
+
+
+def _list(items: list[str], most: int = 3) -> str:
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def cmd_plan(args) -> int:
@@ -92,6 +118,21 @@ def cmd_run(args, resume_record: dict | None = None) -> int:
                 f"(or `mixtrain sweep resume {spec.name}`), or start a new one with --new-name NAME"
             )
         source = args.sweep
+        if record_path.exists():
+            saved = json.loads(record_path.read_text())
+            keys, gone, new = sweep_changes(saved, spec, trials, bool(args.smoke_test))
+            if gone or new:
+                what = (f"{args.sweep} has changed since sweep {spec.name!r} was started: "
+                        f"{'; '.join(keys[:4]) or 'its trials'}{' ...' if len(keys) > 4 else ''} "
+                        f"({len(gone)} saved trial(s) no longer in it: {_list(gone) or 'none'}; "
+                        f"{len(new)} new: {_list(new) or 'none'})")
+                if not args.allow_changed:
+                    raise ConfigError(
+                        f"{what}; run the edited file as a new sweep with --new-name NAME, or pass "
+                        f"--allow-changed to resume the {len(trials) - len(new)} unchanged trial(s) and add the new ones")
+                print(f"mixtrain: {what}; --allow-changed: resuming the {len(trials) - len(new)} unchanged "
+                      f"trial(s), adding {len(new)}, dropping {len(gone)}", file=sys.stderr, flush=True)
+                resume = "changed"
     else:
         spec = parse_sweep(resume_record["spec"], f"sweep {resume_record['spec']['name']}")
         trials = expand(spec, smoke=resume_record.get("smoke", False))
@@ -105,11 +146,16 @@ def cmd_run(args, resume_record: dict | None = None) -> int:
     check_resources(spec, str(source))  # before anything is written
     if not remote:
         check_reachable(uri)  # creates the local SQLite store
-    if not record_path.exists():
+    if not record_path.exists() or resume == "changed":
+        record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        changes = record.get("changes", [])
+        if record:  # --allow-changed: the record follows the file; what it was before stays listed
+            changes.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "spec": record["spec"],
+                            "trials": record["trials"]})
         write_json_atomic({
             "spec": spec.model_dump(mode="json"), "source": str(source), "smoke": bool(getattr(args, "smoke_test", False)),
-            "tracking_uri": uri, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "trials": [t.trial_id for t in trials],
+            "tracking_uri": uri, "created": record.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "trials": [t.trial_id for t in trials], **({"changes": changes} if changes else {}),
         }, record_path)
     print(f"sweep {spec.name}: {len(trials)} trials -> {root / spec.name} | MLflow {uri}", flush=True)
     results = run_sweep(spec, trials, root, uri, address=args.address, resume=resume, quiet=args.quiet,
@@ -134,7 +180,29 @@ def cmd_resume(args) -> int:
     record = _load_record(_root(args), args.name)
     if args.root:
         record["spec"]["storage"]["root"] = str(_root(args))
+    _warn_if_source_changed(record)
     return cmd_run(args, resume_record=record)
+
+
+def _warn_if_source_changed(record: dict) -> None:
+    """`sweep resume NAME` finishes the sweep as saved; say so when its file has been edited since."""
+    from orchestrate.spec import expand, load_sweep
+
+    source = record.get("source")
+    if not source or not Path(source).is_file():
+        return
+    try:
+        spec = load_sweep(source)
+        spec = spec.model_copy(update={"name": record["spec"]["name"], "storage": spec.storage.model_copy(
+            update={"root": record["spec"]["storage"].get("root")})})
+        keys, gone, new = sweep_changes(record, spec, expand(spec, smoke=bool(record.get("smoke"))),
+                                        bool(record.get("smoke")))
+    except MixtrainError:
+        return
+    if gone or new:
+        print(f"mixtrain: note: {source} has changed since this sweep started ({'; '.join(keys[:4])}); "
+              f"resuming the sweep as saved. To take the edits: `mixtrain sweep run {source} --resume "
+              "--allow-changed`", file=sys.stderr, flush=True)
 
 
 def cmd_status(args) -> int:
@@ -249,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, help_ in (("plan", cmd_plan, "validate and list the trials"), ("run", cmd_run, "run on Ray")):
         c = ssub.add_parser(name, help=help_)
         c.add_argument("sweep", help="sweep file (YAML)")
+        c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the sweep file, e.g. base.epochs=20 or grid.seed=[0]")
         c.add_argument("--smoke-test", action="store_true", help="tiny subset and 2 epochs")
         c.add_argument("--root", help="storage root (overrides storage.root)")
         c.set_defaults(fn=fn)
@@ -256,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
             c.add_argument("--resume", action="store_true", help="continue a sweep of this name")
             c.add_argument("--new-name", help="run under another sweep name")
+            c.add_argument("--allow-changed", action="store_true",
+                           help="with --resume: the file was edited; resume its unchanged trials, add the new ones")
             c.add_argument("--quiet", action="store_true", help="no live progress lines")
     r = ssub.add_parser("resume", help="finish an interrupted sweep")
     r.add_argument("name")

@@ -55,6 +55,11 @@ def trainable(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         checkpoint.to_directory(str(work))
+    elif config["trial"].get("resume_from") and Path(config["trial"]["resume_from"]).is_dir():
+        # `sweep run --resume --allow-changed`: a new Tune run; this unchanged trial continues from the
+        # last checkpoint the previous Tune run kept for it.
+        shutil.copytree(config["trial"]["resume_from"], work, dirs_exist_ok=True)
+        checkpoint = config["trial"]["resume_from"]
 
     import ray
 
@@ -248,11 +253,24 @@ def check_resources(spec: SweepSpec, source: str) -> None:
         )
 
 
-def _tune_objects(spec: SweepSpec, trials: list[Trial]):
+def previous_checkpoints(experiment: Path) -> dict[str, str]:
+    """{trial id: its newest checkpoint folder} in an earlier Tune run of a grid sweep."""
+    out = {}
+    for trial_dir in experiment.glob("*/") if experiment.is_dir() else []:
+        found = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+        if found:
+            out[trial_dir.name] = str(found[-1])
+    return out
+
+
+def _tune_objects(spec: SweepSpec, trials: list[Trial], resume_from: dict[str, str] | None = None):
     from ray import tune
 
     if spec.search.kind == "grid":
-        param_space = {"trial": tune.grid_search([t.payload for t in trials])}
+        resume_from = resume_from or {}
+        payloads = [{**t.payload, **({"resume_from": resume_from[t.trial_id]} if t.trial_id in resume_from else {})}
+                    for t in trials]
+        param_space = {"trial": tune.grid_search(payloads)}
         # reuse_actors: a finished trial's worker process takes the next trial (no new process, no
         # re-import of torch): about 2 s saved per trial, the bulk of the machinery's overhead.
         tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
@@ -282,8 +300,13 @@ def _tune_objects(spec: SweepSpec, trials: list[Trial]):
 
 
 def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: str, address: str | None = None,
-              resume: bool = False, quiet: bool = False, source: str | None = None):
-    """Run (or resume) the sweep on Ray; returns Tune's ResultGrid."""
+              resume: bool | str = False, quiet: bool = False, source: str | None = None):
+    """Run (or resume) the sweep on Ray; returns Tune's ResultGrid.
+
+    ``resume="changed"`` (``--allow-changed``): the sweep's trials changed since its Tune run, which Tune
+    cannot restore with other trials. A new Tune run takes ``trials``; finished unchanged trials are not
+    trained again (the trainable finds their record), unfinished ones continue from the old run's last
+    checkpoint, kept aside as ``tune.<time>``."""
     from ray import tune
 
     # Checkpointing every epoch with num_to_keep=2 forces frequent state snapshots: expected, not a problem.
@@ -295,12 +318,17 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: st
     storage = root / spec.name / "ray"
     experiment = storage / TUNE_DIR
     callbacks = _callbacks(spec, root, tracking_uri, quiet)
-    if resume and tune.Tuner.can_restore(str(experiment)):
+    resume_from = None
+    if resume == "changed" and experiment.exists():
+        kept = storage / f"{TUNE_DIR}.{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment.rename(kept)
+        resume_from = previous_checkpoints(kept)
+    if resume is True and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), fn, resume_unfinished=True, resume_errored=True)
         # Callbacks are restored from tuner.pkl; give them this driver's progress view and tracker.
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
-        param_space, tune_config = _tune_objects(spec, trials)
+        param_space, tune_config = _tune_objects(spec, trials, resume_from)
         run_config = tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(storage),

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mixtrain_trainer.config import (
     RunConfig,
     apply_overrides,
+    did_you_mean,
     format_validation_error,
     load_yaml,
     normalise_shorthands,
@@ -45,7 +46,8 @@ class VariantEntry(_Strict):
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in VARIANTS:
-            raise ValueError(f"unknown variant {value!r}; choose one of {', '.join(sorted(VARIANTS))}")
+            raise ValueError(f"unknown variant {value!r}{did_you_mean(value, VARIANTS)}; "
+                             f"choose one of {', '.join(sorted(VARIANTS))}")
         return value
 
     @property
@@ -203,21 +205,35 @@ class Trial:
         return {"trial_id": self.trial_id, "run": self.config.model_dump(), "labels": self.labels}
 
 
-def parse_sweep(data: Any, source: str = "sweep file") -> SweepSpec:
+def parse_sweep(data: Any, source: str = "sweep file", overrides: list[str] | None = None) -> SweepSpec:
+    """Validate a sweep file's contents (``overrides``: the ``--set`` texts already applied, for blame)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with at least 'name' and 'variants'")
+    misplaced = [k for k in data if k not in SweepSpec.model_fields and k in RunConfig.model_fields
+                 and not did_you_mean(k, SweepSpec.model_fields)]  # `variant:` is a typo of `variants:`
+    if misplaced:  # `epochs: 3` at the top level of a sweep file: a run key, it goes under base:
+        key = misplaced[0]
+        raise ConfigError(f"{source}: {key}: unknown key at the top level of a sweep file; it is a run key: "
+                          f"put it under base: (base: {{{key}: {data[key]}}}) to apply it to every trial")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, SweepSpec, overrides)) from None
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file; every trial's configuration is validated too."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read and validate a sweep file, with ``--set key=value`` overrides applied to it first (e.g.
+    ``base.epochs=20``, ``grid.seed=[0]``); every trial's configuration is validated too."""
     from mixtrain_trainer.data import check_dataset
 
-    spec = parse_sweep(load_yaml(path), str(path))
-    trials = expand(spec, source=str(path))  # surfaces a bad trial configuration now, before anything starts
+    data = load_yaml(path)
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping with at least 'name' and 'variants'")
+        data = apply_overrides(data, overrides)
+    spec = parse_sweep(data, str(path), overrides)
+    # surfaces a bad trial configuration now, before anything starts
+    trials = expand(spec, source=str(path), overrides=overrides)
     check_claims(spec, trials, str(path))
     checked = set()
     for t in trials:
@@ -283,7 +299,8 @@ def trial_id_for(label: str, cfg: RunConfig) -> str:
     return f"{safe}-{digest}"
 
 
-def _trial(spec: SweepSpec, base: dict, entry: VariantEntry, point: dict, budget: float, source: str) -> Trial:
+def _trial(spec: SweepSpec, base: dict, entry: VariantEntry, point: dict, budget: float, source: str,
+           overrides: list[str] | None = None) -> Trial:
     data = apply_overrides(normalise_shorthands(base), entry.overrides)
     data = apply_overrides(data, point)
     data.update(variant=entry.name, name=spec.name, budget=budget)
@@ -293,7 +310,8 @@ def _trial(spec: SweepSpec, base: dict, entry: VariantEntry, point: dict, budget
         # relative to where `mixtrain` runs: Ray workers run elsewhere
         dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
     label = entry.display if budget == 1.0 else f"baseline@{budget:g}"
-    cfg = validate_run_config(data, source=f"{source} (trial {label} {point or ''})".replace(" )", ")"))
+    cfg = validate_run_config(data, source=f"{source} (trial {label} {point or ''})".replace(" )", ")"),
+                              overrides=overrides)
     labels = {"variant": label, "model": cfg.model}
     labels.update({k: v for k, v in point.items() if k != "seed"})
     if budget != 1.0:
@@ -301,8 +319,11 @@ def _trial(spec: SweepSpec, base: dict, entry: VariantEntry, point: dict, budget
     return Trial(trial_id_for(label, cfg), cfg, labels)
 
 
-def expand(spec: SweepSpec, smoke: bool = False, source: str | None = None) -> list[Trial]:
-    """Variants x grid points (+ the baseline at each budget): the sweep's trials, in a stable order."""
+def expand(spec: SweepSpec, smoke: bool = False, source: str | None = None,
+           overrides: list[str] | None = None) -> list[Trial]:
+    """Variants x grid points (+ the baseline at each budget): the sweep's trials, in a stable order.
+
+    ``overrides``: the ``--set`` texts applied to the file, so a bad value is blamed on its ``--set``."""
     source = source or spec.name
     base = smoke_overrides(spec.base) if smoke else spec.base
     axes = sorted(spec.grid)
@@ -310,9 +331,9 @@ def expand(spec: SweepSpec, smoke: bool = False, source: str | None = None) -> l
     trials = []
     for entry in spec.variants:
         for point in points:
-            trials.append(_trial(spec, base, entry, point, 1.0, source))
+            trials.append(_trial(spec, base, entry, point, 1.0, source, overrides))
             if entry.name == "baseline" and not entry.overrides:
-                trials += [_trial(spec, base, entry, point, b, source) for b in spec.baseline_budgets]
+                trials += [_trial(spec, base, entry, point, b, source, overrides) for b in spec.baseline_budgets]
     seen: dict[str, Trial] = {}
     for t in trials:
         seen.setdefault(t.trial_id, t)  # identical configurations run once
