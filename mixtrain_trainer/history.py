@@ -188,9 +188,35 @@ def load_epochs(root=None, sweep: str = "train", trials=None, columns=None):
     return table.to_pandas().sort_values(["trial", "epoch"], kind="stable").reset_index(drop=True)
 
 
-def load_trials(root=None, sweep: str = "train") -> list[dict]:
-    """Every trial's JSON record (configuration, labels, status), sorted by trial id."""
+def load_trial_records(root=None, sweep: str = "train") -> list[dict]:
+    """Every trial's JSON record as written (configuration, labels, status, final metrics), by trial id."""
     folder = storage_root(str(root) if root else None) / sweep / "trials"
     if not folder.exists():
         return []
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_trials(root=None, sweep: str = "train"):
+    """The trials as a pandas DataFrame, one row per trial (sorted by ``trial_id``), like ``load_epochs``.
+
+    Each record's fields are flattened with dots: ``trial_id``, ``variant``, ``status``, ``error``,
+    ``started_epoch``, ``labels.<axis>``, ``config.<key>`` (e.g. ``config.optimizer.lr``),
+    ``final.<metric>`` (e.g. ``final.final_test_acc``). The raw nested records: ``load_trial_records``.
+    """
+    import pandas as pd
+
+    records = load_trial_records(root, sweep)
+    frame = pd.DataFrame([_flat(r) for r in records])
+    if frame.empty:
+        return pd.DataFrame(columns=["trial_id", "variant", "status"])
+    return frame.sort_values("trial_id", kind="stable").reset_index(drop=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -206,17 +207,21 @@ def _warn_if_source_changed(record: dict) -> None:
 
 
 def cmd_status(args) -> int:
-    from mixtrain_trainer.history import load_trials
+    from mixtrain_trainer.history import load_trial_records
 
     root = _root(args)
     record = _load_record(root, args.name)
     expected = record.get("trials", [])
-    found = {t["trial_id"]: t for t in load_trials(root, args.name)}
+    found = {t["trial_id"]: t for t in load_trial_records(root, args.name)}
     counts: dict[str, int] = {}
     lines = []
     for trial_id in dict.fromkeys(expected + sorted(found)):
         t = found.get(trial_id)
         status = t["status"] if t else "pending"
+        if expected and trial_id not in expected:  # left out by `sweep run --resume --allow-changed`
+            lines.append(f"  {trial_id:<40} {'dropped':<8} no longer in the sweep (its file changed); was {status}")
+            counts["dropped"] = counts.get("dropped", 0) + 1
+            continue
         counts[status] = counts.get(status, 0) + 1
         detail = ""
         if t and status == "done":
@@ -227,6 +232,8 @@ def cmd_status(args) -> int:
             detail = "running, or interrupted: `mixtrain sweep resume` continues it"
         lines.append(f"  {trial_id:<40} {status:<8} {detail}")
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "running", "failed", "pending"))
+    if counts.get("dropped"):
+        summary += f", {counts['dropped']} dropped"
     print(f"sweep {args.name}: {summary}")
     print("\n".join(lines))
     return 0
@@ -283,21 +290,105 @@ def cmd_sync(args) -> int:
     return 0
 
 
+class _Stop(Exception):
+    """A termination signal arrived (SIGTERM, SIGHUP): stop the child server, then exit."""
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def cmd_ui(args) -> int:
+    """MLflow's server (UI + REST) on the local store: one worker, no job runner, in its own process
+    group; the URL is printed once /health answers; SIGINT/SIGTERM/SIGHUP stop the whole group."""
+    import signal
+    import tempfile
+
     from orchestrate.tracking import default_uri
 
     uri = args.uri or default_uri()
     if uri.startswith("http"):
         print(f"MLflow tracking server: {uri}")
         return 0
-    url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for {uri} at {url} (Ctrl-C stops it)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port",
-           str(args.port)]
+    host = args.host
+    port = _free_port(host) if args.port == 0 else args.port
+    if not _port_free(host, port):
+        raise ConfigError(f"--port {port}: {host}:{port} is already in use (another `mixtrain ui`?); "
+                          "choose another port, or --port 0 for a free one")
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{probe}:{port}"
+    log_path = Path(tempfile.gettempdir()) / f"mixtrain-ui-{port}.log"
+    env = dict(os.environ)
+    # MLflow >= 3.5 starts a GenAI job runner (~7 processes, >1 GB) unless told not to; the UI needs none.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--workers", str(args.workers)]
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env=env, start_new_session=True)
+
+    def stop_server() -> None:
+        if server.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)  # mlflow forwards it to its uvicorn worker
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # whatever of the group is left
+        server.wait()
+
+    def on_signal(signum, frame):
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+        deadline = time.monotonic() + args.timeout
+        while not _healthy(url):
+            if server.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise MixtrainError(f"the MLflow server exited during start-up ({tail[0][:200]}); "
+                                    f"its log: {log_path}")
+            if time.monotonic() > deadline:
+                raise MixtrainError(f"the MLflow server did not answer {url}/health within {args.timeout} s; "
+                                    f"its log: {log_path}")
+            time.sleep(0.5)
+        print(f"MLflow UI for {uri} at {url} (Ctrl-C stops it; server log {log_path})", flush=True)
+        code = server.wait()
+        return 0 if code == 0 else 1
+    except (_Stop, KeyboardInterrupt) as stopped:
+        return 128 + stopped.args[0] if isinstance(stopped, _Stop) else 0
+    finally:
+        stop_server()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -361,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     u.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=int, default=5000, help="0: a free port")
+    u.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    u.add_argument("--timeout", type=float, default=120, help="seconds to wait for the server to answer")
     u.set_defaults(fn=cmd_ui)
     return p
 

@@ -166,18 +166,27 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
 
         def __init__(self):
             self.start, self.last_print, self.epochs = time.time(), 0.0, {}
+            # Tune calls on_trial_complete while the trial's status is still RUNNING (it is set to
+            # TERMINATED afterwards): what this view was told has ended wins over the status.
+            self.ended: dict[str, str] = {}
+
+        def _state(self, t) -> str:
+            if t.trial_id in self.ended:
+                return self.ended[t.trial_id]
+            if t.status == "TERMINATED":
+                return "failed" if (t.last_result or {}).get("failed") else "done"
+            return {"ERROR": "failed"}.get(t.status, t.status.lower())
 
         def _line(self, trials) -> str:
-            states = [t.status for t in trials]
-            done = sum(s == "TERMINATED" and not (t.last_result or {}).get("failed") for s, t in zip(states, trials))
-            failed = sum(s == "ERROR" or (t.last_result or {}).get("failed", 0) for s, t in zip(states, trials))
-            running = [t for t in trials if t.status == "RUNNING"]
+            states = [self._state(t) for t in trials]
+            done, failed = states.count("done"), states.count("failed")
+            running = [t for t, s in zip(trials, states) if s == "running"]
             now = ", ".join(
                 f"{resolve_trial(t.config)[1]} e{(t.last_result or {}).get('epoch', -1) + 1}"
                 f"/{resolve_trial(t.config)[0].trained_epochs}" for t in running[:6]
             )
             return (f"[{time.time() - self.start:6.0f}s] done {done}, running {len(running)}, failed {failed}, "
-                    f"pending {states.count('PENDING')}" + (f" | {now}" if now else ""))
+                    f"pending {states.count('pending')}" + (f" | {now}" if now else ""))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if not quiet and time.time() - self.last_print > 2:
@@ -185,6 +194,7 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
                 print(self._line(trials), flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended[trial.trial_id] = "failed" if (trial.last_result or {}).get("failed") else "done"
             if not quiet:
                 last = trial.last_result or {}
                 what = f"FAILED: {last['error']}" if last.get("failed") else (
@@ -194,9 +204,11 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
                 print(self._line(trials), flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            self.ended[trial.trial_id] = "failed"
             print(f"  {resolve_trial(trial.config)[1]} FAILED: {_error_line(trial)}", flush=True)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
+            self.ended.pop(trial.trial_id, None)
             if not quiet:
                 print(f"  {resolve_trial(trial.config)[1]} crashed ({_error_line(trial)}); "
                       "retrying from its last checkpoint", flush=True)

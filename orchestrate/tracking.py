@@ -284,11 +284,11 @@ def sync_from_files(uri: str, sweep: str, root: Path, experiment: str | None = N
 
     Returns counts: {"trials": n, "epochs_logged": m}. Safe to run any number of times.
     """
-    from mixtrain_trainer.history import load_epochs, load_trials
+    from mixtrain_trainer.history import load_epochs, load_trial_records
 
     check_reachable(uri)
     tracker = SweepTracker(uri, sweep, experiment)
-    trials = load_trials(root, sweep)
+    trials = load_trial_records(root, sweep)
     try:
         epochs = load_epochs(root, sweep)
     except FileNotFoundError:

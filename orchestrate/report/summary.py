@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mixtrain_trainer.history import load_epochs, load_trials
+from mixtrain_trainer.history import load_epochs, load_trial_records
 from orchestrate.report.samples import STAT_COLUMNS, mean_statistics, sweep_statistics
 
 __all__ = ["SUMMARY_COLUMNS", "TRIAL_COLUMNS", "summarize", "trial_table"]
@@ -200,7 +200,7 @@ def _collect(root, sweep: str, with_samples: bool = True) -> tuple[list[_Group],
     """The trial records grouped (in a stable order: models as first seen, then the baseline, the budget
     baselines from the largest budget, then the other variants by name), the epoch table, the records.
     Finished trials get their per-sample statistics (reading the per-sample history if ``with_samples``)."""
-    records = load_trials(root, sweep)
+    records = load_trial_records(root, sweep)
     epochs = _load_epochs(root, sweep)
     by_trial = {tid: df.sort_values("epoch").reset_index(drop=True) for tid, df in epochs.groupby("trial")}
     empty = epochs.iloc[0:0]

@@ -31,7 +31,13 @@ except ImportError:  # bare `pytest` (tests/integration/ itself on sys.path)
     import infra_fixtures as infra
     import it_support as it
 
-from mixtrain_trainer.history import HistoryWriter, load_epochs, load_samples, load_trials, sample_files
+from mixtrain_trainer.history import (
+    HistoryWriter,
+    load_epochs,
+    load_samples,
+    load_trial_records,
+    sample_files,
+)
 from orchestrate.spec import expand, load_sweep
 
 
@@ -40,7 +46,7 @@ def _trial_ids(path: Path) -> list[str]:
 
 
 def _records(root: Path, sweep: str) -> dict[str, dict]:
-    return {t["trial_id"]: t for t in load_trials(root, sweep)}
+    return {t["trial_id"]: t for t in load_trial_records(root, sweep)}
 
 
 # ============================================================================ (a) trial process killed

@@ -56,11 +56,17 @@ SWEEP_CASES = [
     ("missing-name", _sweep(name=_DROP), ["name", "missing"]),
     ("missing-variants", _sweep(variants=_DROP), ["variants", "missing"]),
     ("empty-variants", _sweep(variants=[]), ["variants"]),
-    ("unknown-top-key", _sweep(epochs=3), ["epochs", "unknown key"]),
-    ("unknown-variant", _sweep(variants=["mixtrain-cutmx"]), ["mixtrain-cutmx", "unknown variant"]),
+    ("unknown-top-key", _sweep(epochs=3), ["epochs", "unknown key", "under base:", "base: {epochs: 3}"]),
+    ("top-key-typo", _sweep(variant="baseline"), ["variant", "unknown key", "did you mean 'variants'?"]),
+    ("unknown-variant", _sweep(variants=["mixtrain-cutmx"]),
+     ["mixtrain-cutmx", "unknown variant", "did you mean 'mixtrain-cutmix'?"]),
+    ("unknown-model-hint", _sweep(base={"model": "resnet188"}), ["resnet188", "did you mean 'resnet18'?"]),
+    ("misspelt-base-key", _sweep(base={"epoch": 3}), ["epoch", "unknown key", "did you mean 'epochs'?"]),
+    ("misspelt-nested-key", _sweep(base={"optimizer": {"weight_decy": 0.1}}),
+     ["optimizer.weight_decy", "did you mean 'weight_decay'?"]),
     ("unknown-model", _sweep(base={"model": "resnet99"}), ["model", "resnet99"]),
     ("unknown-dataset", _sweep(base={"dataset": {"name": "mnist"}}), ["dataset.name", "mnist"]),
-    ("wrong-type", _sweep(base={"epochs": "ten"}), ["epochs", "integer"]),
+    ("wrong-type", _sweep(base={"epochs": "ten"}), ["epochs", "integer", "(got 'ten')"]),
     ("negative-epochs", _sweep(base={"epochs": -3}), ["epochs", "greater than 0"]),
     ("batch-size-0", _sweep(base={"batch_size": 0}), ["batch_size", "greater than 0"]),
     ("k-0", _sweep(base={"k": 0}), ["k", "greater than or equal to 1"]),
@@ -116,7 +122,8 @@ RUN_GOOD = {"variant": "baseline", **GOOD_BASE}
 RUN_CASES = [
     ("run-bad-yaml", "variant: [baseline\n", [], ["invalid YAML"]),
     ("run-unknown-variant", yaml.safe_dump({**RUN_GOOD, "variant": "mixup"}), [], ["variant", "mixup"]),
-    ("run-unknown-key", yaml.safe_dump({**RUN_GOOD, "epoch": 2}), [], ["epoch", "unknown key"]),
+    ("run-unknown-key", yaml.safe_dump({**RUN_GOOD, "epoch": 2}), [], ["epoch", "unknown key", "did you mean 'epochs'?"]),
+    ("run-unknown-model", yaml.safe_dump({**RUN_GOOD, "model": "resnet9"}), [], ["resnet9", "did you mean"]),
     ("set-without-equals", yaml.safe_dump(RUN_GOOD), ["--set", "epochs"], ["--set", "key=value"]),
     ("set-batch-0", yaml.safe_dump(RUN_GOOD), ["--set", "batch_size=0"], ["batch_size", "greater than 0"]),
     ("set-k-0", yaml.safe_dump(RUN_GOOD), ["--set", "k=0"], ["k", "greater than or equal to 1"]),
@@ -129,6 +136,39 @@ RUN_CASES = [
      ["mlp", "feature map"]),
     ("run-missing-file", None, [], ["no such file"]),
 ]
+
+
+# A bad --set value is blamed on the --set (and shows the value), not on the file that was fine.
+SET_CASES = [
+    ("set-epochs-abc", ["--set", "epochs=abc"], ["--set epochs=abc", "epochs", "integer", "(got 'abc')"]),
+    ("set-nested", ["--set", "optimizer.lr=-1"], ["--set optimizer.lr=-1", "greater than 0", "(got -1)"]),
+    ("set-unknown-key", ["--set", "optimizer.learning_rate=0.1"],
+     ["--set optimizer.learning_rate=0.1", "unknown key"]),
+    ("set-unknown-variant", ["--set", "variant=mixtrain-cutmx"], ["--set variant=mixtrain-cutmx", "did you mean"]),
+]
+
+
+@pytest.mark.parametrize("case,extra,words", SET_CASES, ids=[c[0] for c in SET_CASES])
+def test_bad_set_blamed_on_the_set(tmp_path, monkeypatch, capsys, case, extra, words):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(RUN_GOOD))
+    err = _assert_one_line(capsys, main(["train", "--config", str(path), *extra]), words)
+    assert str(path) not in err  # the file is fine
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_bad_sweep_set_blamed_on_the_set(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(_sweep())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    err = _assert_one_line(capsys, main(["sweep", command, str(path), "--set", "base.epochs=abc"]),
+                           ["--set base.epochs=abc", "epochs", "(got 'abc')"])
+    assert str(path) not in err
+    err = _assert_one_line(capsys, main(["sweep", command, str(path), "--set", "grid.seed=[x]"]),
+                           ["--set grid.seed=[x]", "seed", "(got 'x')"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.parametrize("case,text,extra,words", RUN_CASES, ids=[c[0] for c in RUN_CASES])

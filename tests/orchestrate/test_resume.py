@@ -37,7 +37,8 @@ def test_killed_driver_then_resume(write_sweep, tmp_path):
     trials_dir = root / "killed" / "trials"
 
     def statuses():
-        return {t["trial_id"]: t["status"] for t in load_trials(root, "killed")}
+        trials = load_trials(root, "killed")  # a DataFrame, one row per trial
+        return dict(zip(trials.trial_id, trials.status))
 
     def one_done_one_mid_way():
         s = statuses()
@@ -60,7 +61,7 @@ def test_killed_driver_then_resume(write_sweep, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     trials = load_trials(root, "killed")
-    assert len(trials) == 3 and all(t["status"] == "done" for t in trials), [t["status"] for t in trials]
+    assert len(trials) == 3 and (trials.status == "done").all(), trials.status.tolist()
     for trial_id, before in done_before.items():  # finished trials were not run again
         assert (trials_dir / f"{trial_id}.json").read_bytes() == before
     samples = load_samples(root, "killed", columns=["sample_id"])
@@ -71,7 +72,7 @@ def test_killed_driver_then_resume(write_sweep, tmp_path):
     client, parents, children = _runs(uri, "killed")
     assert len(parents) == 1
     ids = [r.data.tags["trial_id"] for r in children]
-    assert sorted(ids) == sorted(t["trial_id"] for t in trials)  # one MLflow run per trial, none duplicated
+    assert sorted(ids) == sorted(trials.trial_id)  # one MLflow run per trial, none duplicated
     for run in children:
         _assert_clean_metrics(client, run, 4)
     record = json.loads((root / "killed" / "sweep.json").read_text())

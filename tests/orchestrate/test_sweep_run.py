@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 from mlflow.tracking import MlflowClient
 
-from mixtrain_trainer.history import load_epochs, load_samples, load_trials, sample_files
+from mixtrain_trainer.history import load_epochs, load_samples, load_trial_records, load_trials, sample_files
 from orchestrate.cli import main
 from orchestrate.report import write_report
 from orchestrate.spec import expand, load_sweep
@@ -94,7 +93,9 @@ def test_crash_is_retried_from_checkpoint(ray_local, write_sweep):
         base={"epochs": 4},
     )
     assert main(["sweep", "run", str(path), "--quiet"]) == 0
-    (trial,) = load_trials(root, "crash")
+    trials = load_trials(root, "crash")
+    assert len(trials) == 1
+    trial = trials.iloc[0]
     assert trial["status"] == "done" and trial["started_epoch"] == 2  # resumed, not restarted
     assert (root / "crash" / "debug" / f"{trial['trial_id']}.crashed-2").exists()
     samples = load_samples(root, "crash", columns=["sample_id"])
@@ -112,7 +113,7 @@ def test_nonfinite_loss_stops_trial_without_retry(ray_local, write_sweep):
         "nan", variants=["baseline", {"name": "mixtrain-cutmix", "overrides": {"debug": {"nonfinite_at_epoch": 1}}}],
     )
     assert main(["sweep", "run", str(path), "--quiet"]) == 1  # finished, with a failed trial
-    trials = {t["variant"]: t for t in load_trials(root, "nan")}
+    trials = {t["variant"]: t for t in load_trial_records(root, "nan")}
     assert trials["baseline"]["status"] == "done"
     bad = trials["mixtrain-cutmix"]
     assert bad["status"] == "failed" and bad["error"] == "non-finite loss at epoch 1 step 0"
@@ -147,20 +148,32 @@ def test_optuna_search_records_suggestions(ray_local, write_sweep):
     assert main(["sweep", "run", str(path), "--quiet"]) == 0
     trials = load_trials(root, "hpo")
     assert len(trials) == 2
-    lrs = {t["config"]["optimizer"]["lr"] for t in trials}
+    lrs = set(trials["config.optimizer.lr"])
     assert len(lrs) == 2 and all(0.001 <= lr <= 0.5 for lr in lrs)
-    for t in trials:
-        assert t["labels"]["optimizer.lr"] == t["config"]["optimizer"]["lr"]
+    assert (trials["labels.optimizer.lr"] == trials["config.optimizer.lr"]).all()
     _, _, children = _runs(uri, "hpo")
     assert {float(r.data.params["optimizer.lr"]) for r in children} == lrs
 
 
 def test_status_lists_trials(ray_local, write_sweep, capsys):
-    path, _, root = write_sweep("stat", variants=["baseline"], base={"epochs": 1})
-    assert main(["sweep", "run", str(path), "--quiet"]) == 0
+    path, uri, root = write_sweep("stat", base={"epochs": 1}, variants=[
+        "baseline", {"name": "mixtrain-cutmix", "overrides": {"debug": {"nonfinite_at_epoch": 0}}}])
+    assert main(["sweep", "run", str(path), "--quiet"]) == 1  # one trial failed
     capsys.readouterr()
     assert main(["sweep", "status", "stat", "--root", str(root)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("sweep stat: 1 done, 0 running, 0 failed, 0 pending")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "sweep stat: 1 done, 0 running, 1 failed, 0 pending"
+    records = {r["variant"]: r for r in load_trial_records(root, "stat")}
+    good, bad = records["baseline"], records["mixtrain-cutmix"]
+    lines = {line.split()[0]: line for line in out[1:]}
+    assert sorted(lines) == sorted([good["trial_id"], bad["trial_id"]])
+    assert lines[good["trial_id"]].split()[1] == "done"
+    assert f"test top-1 {good['final']['final_test_acc']:.2%}" in lines[good["trial_id"]]
+    assert lines[bad["trial_id"]].split()[1] == "failed"
+    assert lines[bad["trial_id"]].endswith("non-finite loss at epoch 0 step 0")
+    # the sweep record: what `resume`, `status` and `report` rely on
     record = json.loads((root / "stat" / "sweep.json").read_text())
-    assert Counter(record["trials"]) and record["trials"][0] in out
+    expected = [t.trial_id for t in expand(load_sweep(path))]
+    assert record["trials"] == expected
+    assert record["spec"]["name"] == "stat" and record["spec"]["base"]["epochs"] == 1
+    assert record["source"] == str(path) and record["tracking_uri"] == uri and record["smoke"] is False
