@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mixtrain_trainer.history import load_trials, sample_files, samples_dataset
+from mixtrain_trainer.history import load_trial_records, sample_files, samples_dataset
 from orchestrate import analysis
 
 #: how many samples ``trajectories.png`` follows
@@ -31,7 +31,7 @@ TRAJECTORY_SAMPLES = 6
 def trial_labels(root, sweep: str) -> dict[str, str]:
     """trial id -> legend name: the variant and its other labels (model, budget...), then the seed."""
     out = {}
-    for record in load_trials(root, sweep):
+    for record in load_trial_records(root, sweep):
         labels = dict(record.get("labels") or {})
         name = str(labels.pop("variant", record.get("variant", record["trial_id"])))
         extra = [f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("budget",)]
