@@ -9,8 +9,12 @@ A check is an expression over references ``<label>.<column>``:
 
 - ``<label>``: a variant label as the sweep names it (``mixtrain-cutmix``, an entry's ``label``, or its
   display ``name[key=value]``); ``{key=value, ...}`` selects by the other labels of a group: ``model``,
-  ``budget`` and any grid axis but the seed (seeds are averaged). Without qualifiers a reference must
-  name exactly one group: where the grid has more axes, qualify it.
+  ``budget`` and any grid axis but the seed (seeds are averaged).
+- An axis with several values that a reference leaves unqualified makes the check a claim **for every**
+  value of it: ``mixtrain-cutmix.delta_top1 >= 0`` in a sweep over two models is checked per model, all
+  references bound to the same model, and holds only if it holds for both (one failing instance fails
+  it; otherwise an unknown one leaves it not measured). So a sweep file shrunk to one model on the
+  command line (``--set grid.model=[resnet8]``) keeps its claims.
 - ``<column>``: a numeric column of the summary (``CLAIM_COLUMNS``: ``top1``, ``delta_top1``, ``speedup``,
   ``inputs_ratio``, ``iso_time_gain``, ``early_term_speedup``, ``frac_mixed_mean``, the per-sample
   statistics ``lmid_correct_below`` ...). Accuracies and shares are percentages.
@@ -27,6 +31,7 @@ reference whose group did not finish (or whose value is blank) is *unknown*, and
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -38,7 +43,7 @@ from mixtrain_trainer.errors import ConfigError
 from orchestrate.report.samples import STAT_COLUMNS
 
 __all__ = ["CLAIM_COLUMNS", "FAILS", "HOLDS", "NOT_MEASURED", "Check", "Ref", "Verdict", "check_references",
-           "evaluate_claims", "parse_check", "resolve_groups", "verdict_table"]
+           "evaluate_claims", "instances", "parse_check", "resolve_groups", "verdict_table"]
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "fails", "not measured"
 
@@ -166,34 +171,61 @@ def _same(a, b) -> bool:
         return str(a) == str(b)
 
 
-def resolve_groups(ref: Ref, groups: list[Mapping]) -> list[int]:
-    """Indices of the groups (dicts of labels: variant, model, budget, grid axes) ``ref`` names."""
+def resolve_groups(ref: Ref, groups: list[Mapping], binding: Mapping | None = None) -> list[int]:
+    """Indices of the groups (dicts of labels: variant, model, budget, grid axes) ``ref`` names. The
+    ``binding`` (axis -> value, from ``instances``) applies to the axes ``ref`` does not qualify itself; a
+    group without a value for a bound axis (it does not vary along it) matches any value."""
     quals = dict(ref.qualifiers)
     budget = quals.pop("budget", 1.0)
+    implicit = {k: v for k, v in (binding or {}).items() if k not in quals}
     found = []
     for i, g in enumerate(groups):
         if str(g.get("variant")) != ref.label or not _same(g.get("budget", 1.0), budget):
             continue
-        if all(k in g and _same(g[k], v) for k, v in quals.items()):
+        if not all(k in g and _same(g[k], v) for k, v in quals.items()):
+            continue
+        if all(_blank(g.get(k)) or _same(g[k], v) for k, v in implicit.items()):
             found.append(i)
     return found
 
 
+def _blank(x) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
+
+
+def instances(check: Check, groups: list[Mapping], axes: Iterable[str]) -> list[dict]:
+    """A check is a claim *for every* value of an axis (``model`` or a grid axis) that some reference
+    leaves unqualified and that takes several values in the sweep: one binding (axis -> value) per
+    combination of such values, ``[{}]`` when there is none."""
+    free = []
+    for axis in ("model", *axes):
+        if all(axis in dict(r.qualifiers) for r in check.refs):
+            continue
+        values = list(dict.fromkeys(g[axis] for g in groups if axis in g and not _blank(g[axis])))
+        if len(values) > 1:
+            free.append((axis, values))
+    return [dict(zip([a for a, _ in free], combo)) for combo in itertools.product(*(v for _, v in free))]
+
+
+def _bound(ref: Ref, binding: Mapping) -> Ref:
+    quals = dict(ref.qualifiers)
+    quals.update({k: str(v) for k, v in binding.items() if k not in quals})
+    return Ref(ref.label, tuple(sorted(quals.items())), ref.column)
+
+
 def _describe(g: Mapping, axes: Iterable[str]) -> str:
-    quals = [f"{a}={g[a]}" for a in axes if a in g and g[a] is not None and not _isnan(g[a])]
+    quals = [f"{a}={g[a]}" for a in axes if a in g and not _blank(g[a])]
     if g.get("budget", 1.0) not in (1, 1.0, None):
         quals.append(f"budget={g['budget']:g}")
     return str(g.get("variant")) + ("{" + ", ".join(quals) + "}" if quals else "")
 
 
-def _isnan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
-
-
 def check_references(check: Check, groups: list[Mapping], axes: Iterable[str]) -> None:
-    """Every reference names a known column and exactly one group; else ``ValueError`` (one line)."""
+    """Every reference names a known column and, for every binding of ``instances``, exactly one group;
+    else ``ValueError`` (one line)."""
     axes = list(axes)
     known = sorted({_describe(g, ["model", *axes]) for g in groups})
+    labels = sorted({str(g.get("variant")) for g in groups})
     for ref in check.refs:
         if ref.column not in CLAIM_COLUMNS:
             raise _Malformed(f"unknown column {ref.column!r} in {str(ref)!r}; columns: {', '.join(CLAIM_COLUMNS)}")
@@ -201,16 +233,17 @@ def check_references(check: Check, groups: list[Mapping], axes: Iterable[str]) -
         if bad:
             raise _Malformed(f"unknown qualifier {bad[0]!r} in {str(ref)!r}; qualify by model, budget"
                              + "".join(f", {a}" for a in axes))
-        found = resolve_groups(ref, groups)
-        if not found:
-            labels = sorted({str(g.get("variant")) for g in groups})
-            if ref.label not in labels:
-                raise _Malformed(f"unknown label {ref.label!r} in {str(ref)!r}; labels: {', '.join(labels)}")
-            raise _Malformed(f"{str(ref)!r} names no group of this sweep; groups: {', '.join(known)}")
-        if len(found) > 1:
-            options = ", ".join(_describe(groups[i], ["model", *axes]) for i in found)
-            raise _Malformed(f"{str(ref)!r} names {len(found)} groups ({options}); qualify it, e.g. "
-                             f"{_describe(groups[found[0]], ['model', *axes])}.{ref.column}")
+        if ref.label not in labels:
+            raise _Malformed(f"unknown label {ref.label!r} in {str(ref)!r}; labels: {', '.join(labels)}")
+    for binding in instances(check, groups, axes):
+        for ref in check.refs:
+            found = resolve_groups(ref, groups, binding)
+            if not found:
+                raise _Malformed(f"{str(_bound(ref, binding))!r} names no group of this sweep; groups: "
+                                 f"{', '.join(known)}")
+            if len(found) > 1:
+                options = ", ".join(_describe(groups[i], ["model", *axes]) for i in found)
+                raise _Malformed(f"{str(_bound(ref, binding))!r} names {len(found)} groups ({options}); qualify it")
 
 
 # ---------------------------------------------------------------- three-valued evaluation
@@ -312,24 +345,34 @@ def evaluate_claims(claims: Iterable, summary: pd.DataFrame) -> list[Verdict]:
                     raise _Malformed(f"unknown column {ref.column!r} in {str(ref)!r}")
         except ValueError as err:
             raise ConfigError(f"claim {cid!r}: {err}") from None
-        values, reasons = [], []
-        for ref in check.refs:
-            found = resolve_groups(ref, groups)
-            value = None
-            if len(found) == 1:
-                raw = summary.iloc[found[0]][ref.column] if ref.column in summary.columns else None
-                value = None if raw is None or pd.isna(raw) else float(raw)
-                if value is None:
-                    reasons.append(f"{ref}: no value (no finished trial, or not recorded)")
-            elif not found:
-                reasons.append(f"{ref}: no such group in the results")
-            else:
-                reasons.append(f"{ref}: names {len(found)} groups; qualify it")
-            values.append(value)
-        result = _eval(check.tree, values)
-        verdict = NOT_MEASURED if result is _UNKNOWN else (HOLDS if result else FAILS)
-        verdicts.append(Verdict(cid, text, source, verdict, {str(r): v for r, v in zip(check.refs, values)},
-                                "; ".join(reasons) if verdict == NOT_MEASURED else ""))
+        results, measured, reasons = [], {}, []
+        for binding in instances(check, groups, axes):
+            values = []
+            for ref in check.refs:
+                bound = str(_bound(ref, binding))
+                found = resolve_groups(ref, groups, binding)
+                value = None
+                if len(found) == 1:
+                    raw = summary.iloc[found[0]][ref.column] if ref.column in summary.columns else None
+                    value = None if _blank(raw) else float(raw)
+                    if value is None:
+                        reasons.append(f"{bound}: no value (no finished trial, or not recorded)")
+                elif not found:
+                    reasons.append(f"{bound}: no such group in the results")
+                else:
+                    reasons.append(f"{bound}: names {len(found)} groups; qualify it")
+                values.append(value)
+                measured[bound] = value
+            results.append(_eval(check.tree, values))
+        # every instance must hold (Kleene conjunction)
+        if any(r is not _UNKNOWN and not r for r in results):
+            verdict = FAILS
+        elif any(r is _UNKNOWN for r in results):
+            verdict = NOT_MEASURED
+        else:
+            verdict = HOLDS
+        verdicts.append(Verdict(cid, text, source, verdict, measured,
+                                "; ".join(dict.fromkeys(reasons)) if verdict == NOT_MEASURED else ""))
     return verdicts
 
 

@@ -57,9 +57,14 @@ def verdict(summary, check):
     ("mixtrain-cutmix{model=resnet34, k=2}.top1 > 90 or baseline{model=resnet34,k=1}.top1 > 90", HOLDS),
     ("not mixtrain-cutmix{model=resnet34, k=2}.top1 > 90", NOT_MEASURED),
     ("mixtrain-cutmix{model=resnet34, k=2}.speedup / 0 > 1", NOT_MEASURED),
-    # a group the results do not have at all, or an ambiguous one: not measured either
+    # a group the results do not have at all: not measured either
     ("infobatch{model=resnet18, k=1}.top1 > 0", NOT_MEASURED),
-    ("mixtrain-cutmix.top1 > 0", NOT_MEASURED),
+    # unqualified axes: the claim for every (model, k), references bound together; one failure fails it
+    ("mixtrain-cutmix.speedup > 1.55", NOT_MEASURED),  # 1.7, 1.8, 1.6 and the unfinished resnet34 k=2
+    ("mixtrain-cutmix.speedup > 1.65", FAILS),  # resnet34 k=1: 1.6
+    ("mixtrain-cutmix{k=1}.top1 >= baseline{k=1}.top1", HOLDS),  # resnet18 93.4 >= 93, resnet34 95 >= 94.8
+    ("mixtrain-cutmix{k=1}.top1 >= baseline{k=1}.top1 + 0.3", FAILS),  # resnet34: 95 < 95.1
+    ("mixtrain-cutmix{model=resnet18}.speedup >= 1.7", HOLDS),  # k=1 and k=2
 ])
 def test_verdicts(summary, check, expected):
     assert verdict(summary, check).verdict == expected
@@ -145,9 +150,8 @@ def test_plan_accepts_valid_claims(tmp_path, capsys):
     ("mixtrain-cutmix.accuracy > 1", None, "unknown column 'accuracy' in 'mixtrain-cutmix.accuracy'"),
     ("baseline{budget=0.8}.top1 > 1", None, "'baseline{budget=0.8}.top1' names no group of this sweep"),
     ("baseline{lr=0.1}.top1 > 1", None, "unknown qualifier 'lr'"),
-    ("mixtrain-cutmix.top1 > 1", {"model": ["resnet8", "resnet20"], "seed": [0]},
-     "'mixtrain-cutmix.top1' names 2 groups (mixtrain-cutmix{model=resnet8}, mixtrain-cutmix{model=resnet20}); "
-     "qualify it"),
+    ("mixtrain-cutmix{model=resnet18}.top1 > 1", {"model": ["resnet8", "resnet20"], "seed": [0]},
+     "'mixtrain-cutmix{model=resnet18}.top1' names no group of this sweep; groups: "),
     ("baseline.top1 >", None, "claims.0.check: 'baseline.top1 >' is not a well-formed expression"),
 ])
 def test_plan_rejects_bad_claims(tmp_path, capsys, check, grid, message):
@@ -164,11 +168,19 @@ def test_plan_rejects_duplicate_claim_ids(tmp_path, capsys):
     assert code == 2 and "claim id 'a' is used twice" in out.err
 
 
-def test_qualified_claims_plan_on_a_larger_grid(tmp_path, capsys):
+def test_qualified_and_for_every_claims_plan_on_a_larger_grid(tmp_path, capsys):
     path = sweep_file(tmp_path, [{"id": "r20", "check": "mixtrain-cutmix{model=resnet20}.top1 >= "
-                                                        "baseline{model=resnet20}.top1"}],
+                                                        "baseline{model=resnet20}.top1"},
+                                 {"id": "each", "check": "mixtrain-cutmix.top1 >= baseline.top1"}],
                       grid={"model": ["resnet8", "resnet20"], "seed": [0]})
     assert plan(path, capsys)[0] == 0
+
+
+def test_for_every_model_reports_each_instance(summary):
+    v = verdict(summary, "mixtrain-cutmix{k=1}.top1 - baseline{k=1}.top1 > 0")
+    assert v.verdict == HOLDS
+    assert v.values == {"mixtrain-cutmix{k=1, model=resnet18}.top1": 93.4, "baseline{k=1, model=resnet18}.top1": 93.0,
+                        "mixtrain-cutmix{k=1, model=resnet34}.top1": 95.0, "baseline{k=1, model=resnet34}.top1": 94.8}
 
 
 # ---------------------------------------------------------------- the report: files, --check, MLflow tags
