@@ -245,7 +245,13 @@ def cmd_report(args) -> int:
 
     root = _root(args)
     record = _load_record(root, args.name)
-    report = build_report(root, args.name, with_samples=not args.no_samples)
+    claims = None
+    if args.claims:  # another sweep file's claims, evaluated on this sweep's results
+        from mixtrain_trainer.config import load_yaml
+        from orchestrate.spec import parse_sweep
+
+        claims = [c.model_dump() for c in parse_sweep(load_yaml(args.claims), args.claims).claims]
+    report = build_report(root, args.name, claims, with_samples=not args.no_samples)
     folder = report.folder
     print((folder / "summary.md").read_text())
     if getattr(args, "figures", False):
@@ -439,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--figures", action="store_true",
                     help="also the per-sample figures (Fig. 6, 7/9a, 8, 13, trajectories) as PNGs, from the Parquet files")
     rp.add_argument("--check", action="store_true", help="exit 1 when a claim of the sweep file fails (CI)")
+    rp.add_argument("--claims", metavar="SWEEP.yaml",
+                    help="check this sweep file's claims instead of those the sweep ran with")
     rp.add_argument("--no-samples", action="store_true",
                     help="skip the per-sample history (faster on huge sweeps; its statistics stay blank)")
     rp.set_defaults(fn=cmd_report)

@@ -237,3 +237,13 @@ def test_claim_tags_on_the_parent_run(tmp_path):
     assert {k: v for k, v in parent.data.tags.items() if k.startswith("claim.")} == {
         "claim.speed": HOLDS, "claim.acc": FAILS, "claim.mixup": NOT_MEASURED}
     assert "report/claims.csv" in [f.path for f in client.list_artifacts(parent.info.run_id, "report")]
+
+
+def test_report_with_another_files_claims(tmp_path, capsys):
+    """--claims FILE: that file's claims, checked on this sweep's results (the record's are ignored)."""
+    make_sweep(tmp_path)
+    record(tmp_path, CLAIMS)
+    path = sweep_file(tmp_path, [{"id": "other", "check": "naive-cutmix.speedup > mixtrain-cutmix.speedup"}])
+    assert main(["report", "s1", "--root", str(tmp_path), "--no-mlflow", "--check", "--claims", path]) == 0
+    claims = pd.read_csv(tmp_path / "s1" / "report" / "claims.csv")
+    assert claims.id.tolist() == ["other"] and claims.verdict.tolist() == [HOLDS]  # 42 / 15 > 1.4
