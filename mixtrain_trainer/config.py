@@ -106,6 +106,8 @@ class RunConfig(_Strict):
     pin_memory: bool = True  # host batches pinned when the data is not device-resident
     compile: bool = False  # torch.compile the model (CUDA)
     eval_batch_size: int = Field(512, gt=0)
+    workers: int = Field(1, ge=1)  # data-parallel workers of one trial, each training batch_size inputs per step
+    sync_batchnorm: bool = False  # workers > 1: batch-norm statistics over the global batch, not per worker
     budget: float = Field(1.0, gt=0, le=1)  # share of `epochs` actually trained (schedule scaled to it)
     storage: StorageConfig = StorageConfig()
     debug: DebugConfig = DebugConfig()

@@ -89,16 +89,26 @@ def _list(items: list[str], most: int = 3) -> str:
 
 
 def cmd_plan(args) -> int:
+    from orchestrate.spec import check_capacity, trial_resources
+
     spec, trials = _spec_and_trials(args)
-    print(f"sweep {spec.name}: {len(trials)} trials, {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU each"
+    if args.address:  # `local`: the embedded Ray `sweep run` would start on this machine
+        from orchestrate.runner import cluster_nodes, init_ray
+
+        init_ray(args.address)
+        check_capacity(spec, trials, cluster_nodes(), args.sweep, f"the cluster at {args.address}")
+    print(f"sweep {spec.name}: {len(trials)} trials, {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU per worker"
           + (f", search {spec.search.kind} x{spec.search.num_samples}" if spec.search.kind != "grid" else ""))
-    header = f"{'trial id':<40} {'variant':<24} {'model':<14} {'k':>2} {'seed':>4} {'epochs':>6}  other"
+    header = (f"{'trial id':<40} {'variant':<24} {'model':<14} {'k':>2} {'seed':>4} {'epochs':>6} {'workers':>7} "
+              f"{'cpu':>5} {'gpu':>5}  other")
     print(header)
     for t in trials:
         c = t.config
+        need = trial_resources(spec, t)
         other = {k: v for k, v in t.labels.items() if k not in ("variant", "model", "k")}
         print(f"{t.trial_id:<40} {t.labels['variant']:<24} {c.model:<14} {c.k:>2} {c.seed:>4} "
-              f"{c.trained_epochs:>6}  {json.dumps(other) if other else ''}")
+              f"{c.trained_epochs:>6} {need['workers']:>7} {need['cpu']:>5g} {need['gpu']:>5g}  "
+              f"{json.dumps(other) if other else ''}")
     return 0
 
 
@@ -144,7 +154,7 @@ def cmd_run(args, resume_record: dict | None = None) -> int:
     if remote:
         check_reachable(uri)  # fail fast, before Ray starts
     init_ray(args.address)
-    check_resources(spec, str(source))  # before anything is written
+    check_resources(spec, trials, str(source))  # before anything is written
     if not remote:
         check_reachable(uri)  # creates the local SQLite store
     if not record_path.exists() or resume == "changed":
@@ -419,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--smoke-test", action="store_true", help="tiny subset and 2 epochs")
         c.add_argument("--root", help="storage root (overrides storage.root)")
         c.set_defaults(fn=fn)
+        c.add_argument("--address", help="Ray cluster address, or `local` (run: default embedded local Ray; "
+                       "plan: check that the trials fit this cluster)")
         if name == "run":
-            c.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
             c.add_argument("--resume", action="store_true", help="continue a sweep of this name")
             c.add_argument("--new-name", help="run under another sweep name")
             c.add_argument("--allow-changed", action="store_true",

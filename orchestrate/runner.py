@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from mixtrain_trainer.errors import ConfigError, NonFiniteLossError
-from orchestrate.spec import SweepSpec, Trial, resolve_trial
+from orchestrate.spec import SweepSpec, Trial, check_capacity, resolve_trial
 
 TUNE_DIR = "tune"
 
@@ -34,21 +34,37 @@ def trial_threads() -> int:
     return max(1, int(cpus))
 
 
-def trainable(config: dict) -> None:
-    """One trial, in a Ray worker: train, report each epoch with a checkpoint, resume from Ray's."""
+def finished_metrics(cfg, trial_id: str) -> dict | None:
+    """The last epoch's numbers and final metrics of a trial whose record says done, else None."""
+    from mixtrain_trainer.history import HistoryWriter, load_epochs
+
+    record = HistoryWriter(cfg.storage.root, cfg.name, trial_id).read_trial()
+    if record.get("status") != "done" or record.get("config") != cfg.model_dump():
+        return None
+    last = load_epochs(cfg.storage.root, cfg.name, trials=[trial_id]).iloc[-1].to_dict()
+    return {**{k: float(v) for k, v in last.items() if isinstance(v, numbers.Number)}, **record["final"],
+            "total_train_seconds": record["final"]["total_train_seconds"], "trial_id": trial_id}
+
+
+def trainable(config: dict, settings: dict | None = None) -> None:
+    """One trial, in a Ray worker: train, report each epoch with a checkpoint, resume from Ray's.
+
+    A trial with ``workers > 1`` runs as a Ray Train TorchTrainer instead (``train_workers.trial``);
+    ``settings`` carries what it needs from the sweep (per-worker resources, retries)."""
     import torch
     from ray import tune
 
-    from mixtrain_trainer.history import HistoryWriter, load_epochs
     from mixtrain_trainer.loop import Trainer
 
     cfg, trial_id, labels = resolve_trial(config)
-    record = HistoryWriter(cfg.storage.root, cfg.name, trial_id).read_trial()
-    if record.get("status") == "done" and record.get("config") == cfg.model_dump():
+    if cfg.workers > 1:
+        from orchestrate.train_workers import trial
+
+        return trial(config, **(settings or {}))
+    done = finished_metrics(cfg, trial_id)
+    if done is not None:
         # Finished before the driver died, but Tune's saved state lagged: report, do not train again.
-        last = load_epochs(cfg.storage.root, cfg.name, trials=[trial_id]).iloc[-1].to_dict()
-        tune.report({**{k: float(v) for k, v in last.items() if isinstance(v, numbers.Number)}, **record["final"],
-                     "total_train_seconds": record["final"]["total_train_seconds"], "trial_id": trial_id})
+        tune.report(done)
         return
     torch.set_num_threads(trial_threads())
     work = Path(tempfile.mkdtemp(prefix=f"mixtrain-{trial_id}-"))
@@ -246,23 +262,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=bool(os.environ.get("MIXTRAIN_RAY_LOGS")))
 
 
-def check_resources(spec: SweepSpec, source: str) -> None:
-    """Refuse per-trial resources the cluster can never grant (Ray would wait forever)."""
+def cluster_nodes() -> list[dict[str, float]]:
+    """The live nodes' total resources (``{"CPU": .., "GPU": ..}`` each) of the connected Ray cluster."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    max_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
-    if spec.resources.gpu > max_gpu:
-        raise ConfigError(
-            f"{source}: resources.gpu: {spec.resources.gpu:g} per trial, but no node of this cluster has more "
-            f"than {max_gpu:g} GPU(s); lower it (0 for CPU) or use a cluster with GPUs"
-        )
-    if spec.resources.cpu > max_cpu:
-        raise ConfigError(
-            f"{source}: resources.cpu: {spec.resources.cpu:g} per trial, but no node has more than {max_cpu:g} "
-            "CPUs; lower it"
-        )
+    return [{"CPU": float(n["Resources"].get("CPU", 0)), "GPU": float(n["Resources"].get("GPU", 0))}
+            for n in ray.nodes() if n.get("Alive")]
 
 
 def previous_checkpoints(experiment: Path) -> dict[str, str]:
@@ -275,7 +280,28 @@ def previous_checkpoints(experiment: Path) -> dict[str, str]:
     return out
 
 
-def _tune_objects(spec: SweepSpec, trials: list[Trial], resume_from: dict[str, str] | None = None):
+def check_resources(spec: SweepSpec, trials: list[Trial], source: str) -> None:
+    """Refuse trials the cluster can never place (Ray would wait forever); per worker and per trial."""
+    from orchestrate.train_workers import check_supported
+
+    check_capacity(spec, trials, cluster_nodes(), source)
+    for t in trials:
+        check_supported(t.config, source)
+
+
+def _concurrency(spec: SweepSpec, trials: list[Trial]) -> int | None:
+    """At most as many data-parallel trials at once as the cluster holds whole worker groups: their Tune
+    trials hold no CPU, so Tune alone would start them all and let their worker groups queue."""
+    widest = max((t.config.workers for t in trials), default=1)
+    if spec.max_concurrent or widest == 1:
+        return spec.max_concurrent
+    from orchestrate.spec import worker_slots
+
+    return max(1, worker_slots(cluster_nodes(), spec.resources.cpu, spec.resources.gpu) // widest)
+
+
+def _tune_objects(spec: SweepSpec, trials: list[Trial], resume_from: dict[str, str] | None = None,
+                  concurrency: int | None = None):
     from ray import tune
 
     if spec.search.kind == "grid":
@@ -285,7 +311,7 @@ def _tune_objects(spec: SweepSpec, trials: list[Trial], resume_from: dict[str, s
         param_space = {"trial": tune.grid_search(payloads)}
         # reuse_actors: a finished trial's worker process takes the next trial (no new process, no
         # re-import of torch): about 2 s saved per trial, the bulk of the machinery's overhead.
-        tune_config = tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+        tune_config = tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,
                                       trial_name_creator=lambda t: resolve_trial(t.config)[1],
                                       trial_dirname_creator=lambda t: resolve_trial(t.config)[1])
         return param_space, tune_config
@@ -302,7 +328,7 @@ def _tune_objects(spec: SweepSpec, trials: list[Trial], resume_from: dict[str, s
             "randint": lambda p: tune.randint(int(p.low), int(p.high)), "choice": lambda p: tune.choice(p.values)}
     param_space = {"trial": trials[0].payload, "search": {k: make[p.type](p) for k, p in s.space.items()}}
     searcher = OptunaSearch(metric=s.metric, mode=s.mode, seed=s.seed)
-    limit = s.max_concurrent or spec.max_concurrent
+    limit = s.max_concurrent or concurrency
     tune_config = tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher,
         num_samples=s.num_samples, metric=s.metric, mode=s.mode, reuse_actors=True,
@@ -324,9 +350,20 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: st
     # Checkpointing every epoch with num_to_keep=2 forces frequent state snapshots: expected, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(address)
-    check_resources(spec, source or spec.name)
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    fn = tune.with_resources(trainable, resources)
+    check_resources(spec, trials, source or spec.name)
+    cpu, gpu = spec.resources.cpu, spec.resources.gpu
+    one_worker = tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}])
+
+    def resources(config: dict):
+        """Per trial: one worker's resources, or (workers > 1) none: its Ray Train workers hold them."""
+        if resolve_trial(config)[0].workers > 1:
+            from orchestrate.train_workers import driver_resources
+
+            return driver_resources()
+        return one_worker
+
+    settings = {"max_failures": spec.max_failures, "cpu": cpu, "gpu": gpu}
+    fn = tune.with_resources(tune.with_parameters(trainable, settings=settings), resources)
     storage = root / spec.name / "ray"
     experiment = storage / TUNE_DIR
     callbacks = _callbacks(spec, root, tracking_uri, quiet)
@@ -340,7 +377,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], root: Path, tracking_uri: st
         # Callbacks are restored from tuner.pkl; give them this driver's progress view and tracker.
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
-        param_space, tune_config = _tune_objects(spec, trials, resume_from)
+        param_space, tune_config = _tune_objects(spec, trials, resume_from, _concurrency(spec, trials))
         run_config = tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(storage),

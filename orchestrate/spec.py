@@ -137,7 +137,7 @@ class SweepSpec(_Strict):
     grid: dict[str, list[Any]] = {}
     baseline_budgets: list[float] = []
     search: SearchConfig = SearchConfig()
-    resources: Resources = Resources()
+    resources: Resources = Resources()  # per worker: a trial with `workers: N` holds N times these
     max_concurrent: int | None = Field(None, gt=0)
     max_failures: int = Field(2, ge=0)
     tracking: Tracking = Tracking()
@@ -337,7 +337,63 @@ def expand(spec: SweepSpec, smoke: bool = False, source: str | None = None,
     seen: dict[str, Trial] = {}
     for t in trials:
         seen.setdefault(t.trial_id, t)  # identical configurations run once
+        if t.config.device == "cpu" and spec.resources.gpu > 0:
+            raise ConfigError(
+                f"{source}: resources.gpu: {spec.resources.gpu:g} per worker, but trial {t.trial_id} trains with "
+                "device: cpu (gloo, no GPU); set resources.gpu: 0, or device: auto / cuda"
+            )
     return list(seen.values())
+
+
+# ---------------------------------------------------------------------------- resources per trial
+def trial_resources(spec: SweepSpec, trial: Trial) -> dict[str, float]:
+    """What one trial holds: ``workers`` data-parallel workers of ``spec.resources`` each."""
+    w = trial.config.workers
+    return {"workers": w, "cpu": w * spec.resources.cpu, "gpu": w * spec.resources.gpu}
+
+
+def worker_slots(nodes: list[dict[str, float]], cpu: float, gpu: float) -> int:
+    """How many workers of (cpu, gpu) the nodes can hold at once (each worker's bundle lives on one node)."""
+    total = 0
+    for node in nodes:
+        fits = [node.get("CPU", 0.0) / cpu + 1e-9]
+        if gpu > 0:
+            fits.append(node.get("GPU", 0.0) / gpu + 1e-9)
+        total += int(min(fits))
+    return total
+
+
+def check_capacity(spec: SweepSpec, trials: list[Trial], nodes: list[dict[str, float]], source: str,
+                   where: str = "this cluster") -> None:
+    """Refuse a trial the cluster can never place (Ray would wait forever): one line, before anything starts.
+
+    ``nodes``: each node's total resources, ``{"CPU": .., "GPU": ..}``.
+    """
+    r = spec.resources
+    max_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    max_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    if r.gpu > max_gpu:
+        raise ConfigError(
+            f"{source}: resources.gpu: {r.gpu:g} per worker, but no node of {where} has more than {max_gpu:g} "
+            "GPU(s); lower it (0 for CPU) or use a cluster with GPUs"
+        )
+    if r.cpu > max_cpu:
+        raise ConfigError(
+            f"{source}: resources.cpu: {r.cpu:g} per worker, but no node of {where} has more than {max_cpu:g} "
+            "CPUs; lower it"
+        )
+    slots = worker_slots(nodes, r.cpu, r.gpu)
+    for t in trials:
+        need = trial_resources(spec, t)
+        if need["workers"] > slots:
+            cpus = sum(n.get("CPU", 0.0) for n in nodes)
+            gpus = sum(n.get("GPU", 0.0) for n in nodes)
+            raise ConfigError(
+                f"{source}: workers: {need['workers']} (trial {t.trial_id}) need {need['cpu']:g} CPU + "
+                f"{need['gpu']:g} GPU in workers of {r.cpu:g} CPU + {r.gpu:g} GPU, but {where} ({cpus:g} CPUs, "
+                f"{gpus:g} GPUs on {len(nodes)} node(s)) holds at most {slots} such workers; lower workers or "
+                "resources, or use a bigger cluster"
+            )
 
 
 def resolve_trial(payload: dict) -> tuple[RunConfig, str, dict]:
