@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PruneDecision", "anneal_epoch", "infobatch_decision"]
+__all__ = ["PruneDecision", "anneal_epoch", "infobatch_decision", "prune_subset"]
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,25 @@ def infobatch_decision(scores: torch.Tensor, epoch: int, epochs: int, ratio: flo
     """The pruning of epoch ``epoch`` (the one about to be trained) from ``scores`` (N,) float, the most
     recent per-sample losses after epoch - 1. ``ratio`` r in [0, 1); ``generator`` on the scores' device
     (CPU here: one decision per epoch). Pure: same inputs and generator state, same decision."""
+    n = scores.shape[0]
+    if epoch <= 0 or epoch >= anneal_epoch(epochs, delta) or n == 0:
+        return prune_subset(torch.zeros(n, dtype=torch.bool, device=scores.device), ratio, generator)
+    return prune_subset(scores < scores.float().mean(), ratio, generator)
+
+
+def prune_subset(candidates: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> PruneDecision:
+    """Prune round(ratio x |candidates|) of the ``candidates`` (N,) bool at random and weight the other
+    candidates 1 / (1 - ratio) (the unbiased rescaling); everything else weight 1. InfoBatch's candidates
+    are the samples below the mean score; a research variant may pass another set (S_mix, say)."""
     if not 0 <= ratio < 1:
         raise ValueError(f"prune ratio {ratio} must be in [0, 1)")
-    n = scores.shape[0]
-    pruned = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    weights = torch.ones(n, dtype=torch.float32, device=scores.device)
-    if epoch <= 0 or epoch >= anneal_epoch(epochs, delta) or n == 0:
-        return PruneDecision(pruned, weights, 0)
-    well = torch.nonzero(scores < scores.float().mean(), as_tuple=False).flatten()  # ascending ids
+    n = candidates.shape[0]
+    pruned = torch.zeros(n, dtype=torch.bool, device=candidates.device)
+    weights = torch.ones(n, dtype=torch.float32, device=candidates.device)
+    well = torch.nonzero(candidates, as_tuple=False).flatten()  # ascending ids
     k = round(ratio * len(well))
     if k:
-        order = torch.randperm(len(well), generator=generator, device=scores.device)
+        order = torch.randperm(len(well), generator=generator, device=candidates.device)
         pruned[well[order[:k]]] = True
     weights[well] = 1.0 / (1.0 - ratio)
     weights[pruned] = 0.0
