@@ -36,6 +36,8 @@ class DatasetConfig(_Strict):
     synthetic_test: int = Field(256, gt=0)  # synthetic only
     device_resident: Literal["auto", "yes", "no"] = "auto"  # keep uint8 images on the training device
     num_workers: int = Field(4, ge=0)  # imagefolder decoding workers
+    decode: Literal["auto", "workers", "device"] = "auto"  # imagefolder: auto = device (GPU) on CUDA
+    skip_bad_images: bool = False  # imagefolder: leave out (and count) unreadable images instead of stopping
     cache_dir: str | None = None  # decoded uint8 cache; None: $MIXTRAIN_CACHE or ~/.cache/mixtrain
 
 

@@ -4,18 +4,25 @@
   gather plus batch-wide augmentation (random crop with 4-pixel zero padding, horizontal flip).
 - ``HostSource``: uint8 arrays stay in (pinned) host memory; batches are gathered on the host, copied
   asynchronously and augmented on the device the same way.
-- ``StreamedSource`` (``imagefolder``): a DataLoader whose batch sampler follows the epoch plan;
-  workers decode and augment, the device normalises.
+- ``StreamedSource`` (``imagefolder``): persistent DataLoader workers whose batches follow the epoch
+  plan; on CUDA they only read bytes and the batch is decoded and augmented on the GPU (``decode.py``),
+  on CPU they decode and augment; the device normalises.
 
 All of them: ``fetch(positions, generator) -> (B, C, H, W)`` float, and ``eval_batches()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import numpy as np
 import torch
 
 from mixtrain_trainer.data.bundle import DataBundle
+from mixtrain_trainer.errors import DataError
+
+log = logging.getLogger(__name__)
 
 PAD = 4
 
@@ -103,8 +110,37 @@ class HostSource(ResidentSource):
         return batch.to(self.device, non_blocking=True)
 
 
+class _PlanBatches:
+    """Batch sampler of a persistent DataLoader: the batches (lists of positions) of the plan set last."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _host_batches(plan):
+    """(first, second, n_single) per mini-batch on the CPU: one copy of the plan's positions per epoch."""
+    if getattr(plan, "first_host", None) is not None:
+        return list(plan.batches(host=True))
+    host = dataclasses.replace(plan, first=plan.first.cpu(), second=plan.second.cpu())
+    return list(host.batches())
+
+
 class StreamedSource:
-    """imagefolder: a DataLoader per epoch whose batches follow the plan; workers decode and augment."""
+    """imagefolder: persistent DataLoader workers whose batches follow the plan.
+
+    ``decode`` "workers": workers decode and augment (PIL); "device": workers read bytes, the batch is
+    decoded and augmented on the training device (``decode.py``); "auto": device on CUDA. Workers live
+    across epochs; ``prefetch(plan)`` starts the next epoch's reads as soon as its plan is known. Positions
+    reach the workers through one host copy of the plan per epoch (no per-batch sync). Unreadable images:
+    ``DataError`` naming the file, or with ``skip_bad_images`` left out (a pair loses both constituents)
+    and recorded in ``bad_files``.
+    """
 
     def __init__(self, bundle: DataBundle, device, channels_last: bool, num_workers: int, pin: bool):
         self.streamed = bundle.streamed
@@ -112,34 +148,141 @@ class StreamedSource:
         self.normalise = _Normalise(bundle, device, channels_last)
         self.test_labels = torch.from_numpy(bundle.test_labels)
         self.num_workers, self.pin = num_workers, pin and torch.cuda.is_available()
+        mode = self.streamed.decode
+        self.on_device = mode == "device" or (mode == "auto" and self.device.type == "cuda")
+        self.bad_files: dict[str, str] = {}  # path -> why, for the images left out (skip_bad_images)
+        self._loaders: dict[bool, tuple] = {}
+        self._prefetched = None  # (plan, host batches, iterator)
 
-    def _loader(self, dataset, batches):
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=batches,
-            num_workers=self.num_workers,
-            pin_memory=self.pin,
-            persistent_workers=False,
-        )
+    def _loader(self, train: bool):
+        if train not in self._loaders:
+            from mixtrain_trainer.data.imagefolder import collate_decoded, collate_items
+
+            sampler = _PlanBatches()
+            workers = self.num_workers
+            loader = torch.utils.data.DataLoader(
+                self.streamed.encoded(train) if self.on_device else self.streamed.dataset(train),
+                batch_sampler=sampler,
+                num_workers=workers,
+                collate_fn=collate_items if self.on_device else collate_decoded,
+                pin_memory=self.pin and not self.on_device,
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+            self._loaders[train] = (loader, sampler)
+        return self._loaders[train]
+
+    def _start(self, plan):
+        host = _host_batches(plan)
+        loader, sampler = self._loader(True)
+        sampler.batches = [f.tolist() + s.tolist() for f, s, _ in host]
+        return host, iter(loader)
+
+    def prefetch(self, plan) -> None:
+        """Start reading ``plan``'s batches now (e.g. while the previous epoch is evaluated); the
+        ``epoch_batches(plan)`` call that follows continues from them."""
+        self._prefetched = (plan, *self._start(plan))
 
     def epoch_batches(self, plan, generator: torch.Generator):
-        """One DataLoader pass over the plan: each batch's positions are [first..., second...]."""
-        planned = list(plan.batches())
-        batches = [torch.cat([f, s]).tolist() for f, s, _ in planned]
-        loader = self._loader(self.streamed.dataset(train=True), batches)
-        for (first, second, n_single), images in zip(planned, loader):
-            images = self.normalise(images.to(self.device, non_blocking=True))
-            yield first, second, n_single, images[: first.numel()], images[first.numel() :]
+        """Yield (first, second, n_single, x_first, x_second) per mini-batch, following the plan."""
+        if self._prefetched is not None and self._prefetched[0] is plan:
+            _, host, batches = self._prefetched
+        else:
+            host, batches = self._start(plan)
+        self._prefetched = None
+        for (first, second, n_single), (hf, hs, _), batch in zip(plan.batches(), host, batches):
+            positions = hf.tolist() + hs.tolist()
+            images, bad = self._images(batch, positions, True, generator)
+            if bad:
+                first, second, n_single, images = _drop_bad(first, second, n_single, images, bad)
+                if first.numel() == 0:
+                    continue
+            n1 = first.numel()
+            yield first, second, n_single, images[:n1], images[n1:]
 
     def eval_batches(self, batch_size: int):
         n = len(self.test_labels)
-        batches = [list(range(lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
-        loader = self._loader(self.streamed.dataset(train=False), batches)
-        for b, images in zip(batches, loader):
-            yield (
-                self.normalise(images.to(self.device, non_blocking=True)),
-                self.test_labels[b[0] : b[-1] + 1].to(self.device),
-            )
+        loader, sampler = self._loader(False)
+        sampler.batches = [list(range(lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
+        for positions, batch in zip(sampler.batches, loader):
+            images, bad = self._images(batch, positions, False, None)
+            if bad:
+                keep = [i for i in range(len(positions)) if i not in bad]
+                if not keep:
+                    continue
+                images, positions = images[torch.tensor(keep, device=images.device)], [positions[i] for i in keep]
+                labels = self.test_labels[torch.tensor(positions)]
+            else:
+                labels = self.test_labels[positions[0] : positions[-1] + 1]
+            yield images, labels.to(self.device, non_blocking=True)
+
+    def _images(self, batch, positions: list[int], train: bool, generator):
+        """Normalised (B, C, S, S) images of one loader batch, aligned with ``positions`` (bad ones as zeros),
+        and the batch indices of the bad ones."""
+        data, errors = batch
+        if self.on_device:
+            from mixtrain_trainer.data import decode
+
+            todo = [i for i, e in enumerate(errors) if not e]
+            decoded, reasons = decode.decode_batch([data[i] for i in todo], self.device)
+            errors = list(errors)
+            for i, reason in zip(todo, reasons):
+                errors[i] = reason
+            good = [i for i, e in enumerate(errors) if not e]
+            imgs = [img for img in decoded if img is not None]
+            size = self.streamed.image_size
+            if imgs:
+                sizes = decode.image_sizes(imgs, self.device)
+                if train and self.streamed.augment:
+                    x = decode.crop_resize(imgs, decode.random_resized_boxes(sizes, generator), size)
+                    x = decode.flip_batch(x, generator) if self.streamed.flip else x
+                else:
+                    x = decode.crop_resize(imgs, decode.center_boxes(sizes, size, self.streamed.resize), size)
+            else:
+                x = torch.empty(0, 3, size, size, device=self.device)
+        else:
+            good = [i for i, e in enumerate(errors) if not e]
+            x = data.to(self.device, non_blocking=True) if good else torch.empty(
+                0, *self.streamed.image_shape, dtype=torch.uint8, device=self.device)
+        bad = {i: e for i, e in enumerate(errors) if e}
+        if bad:
+            self._report(bad, positions, train)
+            full = torch.zeros(len(positions), *x.shape[1:], dtype=x.dtype, device=x.device)
+            full[torch.tensor(good, dtype=torch.long, device=x.device)] = x
+            x = full
+        return self.normalise(x), bad
+
+    def _report(self, bad: dict[int, str], positions: list[int], train: bool) -> None:
+        paths = self.streamed.paths(train)
+        for i, reason in bad.items():
+            path = paths[positions[i]]
+            if not self.streamed.skip_bad_images:
+                raise DataError(
+                    f"dataset imagefolder: cannot read image {path!r} ({reason}); replace or remove it, or set "
+                    "dataset.skip_bad_images: true to leave such images out"
+                )
+            if path not in self.bad_files:
+                self.bad_files[path] = reason
+                log.warning("dataset imagefolder: skipping unreadable image %r (%s)", path, reason)
+
+    @property
+    def skipped_images(self) -> int:
+        """How many distinct files were left out so far (``skip_bad_images``)."""
+        return len(self.bad_files)
+
+
+def _drop_bad(first, second, n_single: int, images: torch.Tensor, bad: dict[int, str]):
+    """Leave the bad batch items out: a bad single goes alone, a pair with a bad constituent goes whole.
+    ``images`` is aligned with [first..., second...]. Returns (first, second, n_single, images)."""
+    n1, n_pairs = first.numel(), second.numel()
+    keep_single = [i for i in range(n_single) if i not in bad]
+    keep_pair = [k for k in range(n_pairs) if (n_single + k) not in bad and (n1 + k) not in bad]
+    rows_first = keep_single + [n_single + k for k in keep_pair]
+    rows = rows_first + [n1 + k for k in keep_pair]
+    dev_rows = torch.tensor(rows_first, dtype=torch.long).to(first.device, non_blocking=True)
+    dev_pairs = torch.tensor(keep_pair, dtype=torch.long).to(second.device, non_blocking=True)
+    picked = images[torch.tensor(rows, dtype=torch.long).to(images.device, non_blocking=True)]
+    return first[dev_rows], second[dev_pairs], len(keep_single), picked
 
 
 def make_source(bundle: DataBundle, device, augment: bool, channels_last: bool, resident: str,
