@@ -74,6 +74,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds(fn, device: torch.device) -> float:
+    """Wall seconds of one call, the device synchronised before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def loader_images_per_second(root: Path, device: torch.device, decode: str, workers: int, batch: int,
                              limit: int | None) -> dict:
     cfg = DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE, decode=decode, num_workers=workers)
@@ -119,14 +128,7 @@ def model_images_per_second(device: torch.device, batch: int, steps: int) -> dic
 
     for _ in range(2 if not cuda else 10):
         step()
-    times = []
-    for _ in range(steps):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    med = statistics.median(seconds(step, device) for _ in range(steps))
     return {"batch": batch, "step_seconds_median": med, "images_per_s": batch / med,
             "precision": "bf16 autocast + channels-last" if cuda else "fp32"}
 
