@@ -95,6 +95,37 @@ def local_device(requested: torch.device) -> torch.device:
     return requested
 
 
+# ---------------------------------------------------------------------------- local processes
+def _rank_entry(rank_: int, world: int, port: int, device: str, threads: int, fn, args, results) -> None:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", rank_ % max(torch.cuda.device_count(), 1))
+    os.environ.update(RANK=str(rank_), LOCAL_RANK=str(rank_), WORLD_SIZE=str(world))
+    init_process_group(dev, rank=rank_, world_size=world, port=port)
+    try:
+        out = fn(*args)
+        if rank_ == 0:
+            results.put(out)
+    finally:
+        destroy_process_group()
+
+
+def spawn(fn, world: int, *args, device: str = "cpu", threads: int | None = None):
+    """Run ``fn(*args)`` on ``world`` local processes joined in one process group (gloo on the CPU, NCCL
+    on CUDA, rank r on GPU r); returns rank 0's result. A rank that fails fails the call (its traceback).
+
+    ``threads``: intra-op threads per rank (default: this machine's CPUs shared evenly). The function
+    and its arguments must be picklable (module-level): each rank is a fresh interpreter.
+    """
+    import torch.multiprocessing as mp
+
+    threads = threads or max(1, (os.cpu_count() or 1) // world)
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_rank_entry, args=(world, free_port(), device, threads, fn, args, results), nprocs=world, join=True)
+    return None if results.empty() else results.get()
+
+
 # ---------------------------------------------------------------------------- sharding
 def shard(n: int, rank_: int | None = None, world: int | None = None) -> slice:
     """This rank's contiguous share of ``n`` items (evaluation); shares differ by at most one item."""

@@ -43,9 +43,19 @@ def cmd_train(args) -> int:
     from mixtrain_trainer.config import load_run_config
     from mixtrain_trainer.train import run
 
-    cfg = load_run_config(args.config, args.set)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: the number of data-parallel processes must be at least 1")
+    workers = [] if args.workers is None else [f"workers={args.workers}"]
+    cfg = load_run_config(args.config, args.set + workers)
     if args.root:
         cfg.storage.root = args.root
+    if cfg.workers > 1:
+        from mixtrain_trainer.launch import run_local
+        from orchestrate.train_workers import check_supported
+
+        check_supported(cfg, args.config)
+        run_local(cfg, resume=args.resume)
+        return 0
     run(cfg, resume=args.resume)
     return 0
 
@@ -417,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. epochs=3")
     t.add_argument("--resume", action="store_true", help="continue from this run's last checkpoint")
     t.add_argument("--root", help="storage root (default ./mixtrain-results)")
+    t.add_argument("--workers", type=int, help="data-parallel processes on this machine (sets workers:)")
     t.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("sweep", help="plan, run, resume or inspect a sweep")

@@ -147,3 +147,26 @@ def test_step_share_full_and_last_steps():
     assert [D.step_share(8, 16, r, 2, per_rank=4) for r in (0, 1)] == [slice(8, 12), slice(12, 16)]
     # the last, shorter step (5 inputs) is cut evenly
     assert [D.step_share(16, 21, r, 2, per_rank=4) for r in (0, 1)] == [slice(16, 18), slice(18, 21)]
+
+
+def _who(rank: int, world: int, tag: str):
+    import torch
+
+    return {"tag": tag, "rank": rank, "world": world, "threads": torch.get_num_threads(),
+            "all": D.gather_objects(rank)}
+
+
+def test_spawn_returns_rank0_result_and_propagates_a_failure():
+    out = D.spawn(_who_entry, 2, "x", threads=1)
+    assert out == {"tag": "x", "rank": 0, "world": 2, "threads": 1, "all": [0, 1]}
+    with pytest.raises(Exception, match="rank 1 failed on purpose"):
+        D.spawn(_fail_on_rank1, 2, threads=1)
+
+
+def _who_entry(tag: str):
+    return _who(D.rank(), D.world_size(), tag)
+
+
+def _fail_on_rank1():
+    if D.rank() == 1:
+        raise RuntimeError("rank 1 failed on purpose")

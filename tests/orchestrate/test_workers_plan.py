@@ -83,3 +83,14 @@ def test_capacity_counts_worker_bundles_per_node():
     five = Trial("t5", RunConfig(workers=5), {})
     with pytest.raises(ConfigError, match=r"workers: 5 \(trial t5\) need 10 CPU \+ 2.5 GPU.*at most 4"):
         check_capacity(spec, [four, five], nodes, "s.yaml")
+
+
+@pytest.mark.parametrize("workers,words", [("0", ["--workers 0", "at least 1"]),
+                                           ("2", ["workers: 2", "not available", "run.yaml"])])
+def test_train_workers_refused(tmp_path, monkeypatch, capsys, workers, words):
+    """`mixtrain train --workers N`: a bad N (and, until the trainer takes a process group, any N > 1)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"variant": "baseline", **BASE}))
+    _one_line(capsys, main(["train", "--config", str(path), "--workers", workers]), words)
+    assert sorted(os.listdir(tmp_path)) == ["run.yaml"]
