@@ -149,6 +149,39 @@ def step_share(lo: int, hi: int, rank_: int | None = None, world: int | None = N
     return slice(lo + n * r // w, lo + n * (r + 1) // w)
 
 
+PLAN_INPUT_FIELDS = ("first", "second", "first_host", "second_host")  # EpochPlan fields indexed by input
+
+
+def shard_plan(plan, per_rank: int, rank_: int | None = None, world: int | None = None):
+    """This rank's share of a global epoch plan: the same EpochPlan type, one mini-batch per global step.
+
+    ``plan`` was cut into global steps of ``world x per_rank`` inputs (``plan_epoch(mix, world *
+    batch_size, generator)``, the same on every rank); each global step's inputs are split with
+    ``step_share`` and the rank keeps its slice, singles still first (a global step lists its singles
+    first, so a slice does too). Every input of the epoch lands on exactly one rank and every rank has
+    the same number of steps; a rank's share is empty only in a last global step of fewer than
+    ``world`` inputs (it must still join that step's gradient all-reduce).
+    """
+    import dataclasses
+
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    index, bounds, singles = [], [0], []
+    for b, n_single in enumerate(plan.singles):
+        lo, hi = plan.bounds[b], plan.bounds[b + 1]
+        part = step_share(lo, hi, r, w, per_rank)
+        index.append(torch.arange(part.start, part.stop))
+        bounds.append(bounds[-1] + part.stop - part.start)
+        singles.append(min(max(lo + n_single - part.start, 0), part.stop - part.start))
+    index = torch.cat(index) if index else torch.zeros(0, dtype=torch.int64)
+    fields = {}
+    for name in PLAN_INPUT_FIELDS:
+        value = getattr(plan, name, None)
+        if value is not None:
+            fields[name] = value[index.to(value.device)]
+    return dataclasses.replace(plan, bounds=bounds, singles=singles, **fields)
+
+
 # ---------------------------------------------------------------------------- collectives
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over ranks in place (identity in a one-process run)."""

@@ -170,3 +170,29 @@ def _who_entry(tag: str):
 def _fail_on_rank1():
     if D.rank() == 1:
         raise RuntimeError("rank 1 failed on purpose")
+
+
+@pytest.mark.parametrize("n,world,per_rank,mix_share", [(203, 2, 16, 0.6), (64, 2, 32, 0.0), (100, 3, 8, 1.0),
+                                                        (33, 4, 4, 0.5)])
+def test_shard_plan_splits_every_global_step(n, world, per_rank, mix_share):
+    """Ranks' shares of the one global plan: every input once, same steps, singles first, the global
+    step's inputs and nothing else (the plan a one-worker run of batch world x per_rank would train)."""
+    from mixtrain_trainer.sampler import plan_epoch
+
+    mix = torch.rand(n, generator=torch.Generator().manual_seed(n)) < mix_share
+    plan = plan_epoch(mix, world * per_rank, torch.Generator().manual_seed(7))
+    shares = [D.shard_plan(plan, per_rank, r, world) for r in range(world)]
+    for s in shares:
+        assert s.num_batches == plan.num_batches
+        assert all(hi - lo <= per_rank for lo, hi in zip(s.bounds, s.bounds[1:]))
+        assert torch.equal(s.skipped, plan.skipped)
+    for b, (g_first, g_second, g_single) in enumerate(plan.batches()):
+        parts = [list(s.batches())[b] for s in shares]
+        firsts = torch.cat([p[0] for p in parts])
+        assert torch.equal(firsts, g_first)  # the global step's inputs, in order, split across ranks
+        assert torch.equal(torch.cat([p[1] for p in parts]), g_second)  # composites' partners
+        assert sum(p[2] for p in parts) == g_single
+        for first, second, n_single in parts:  # singles first in each share
+            assert second.numel() == first.numel() - n_single
+    trained = torch.cat([s.first for s in shares] + [s.second[s.second >= 0] for s in shares])
+    assert sorted(trained.tolist()) == sorted(torch.nonzero(~plan.skipped).squeeze(1).tolist())
