@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 PAPER = REPO / "sweeps" / "paper"
 SUMMARY_COLS = [("variant", "Variant"), ("budget", "Budget"), ("top1", "Top-1 (%)"), ("delta_top1", "Δ top-1"),
-                ("speedup", "Speedup"), ("inputs_ratio", "Inputs ratio"), ("iso_time_gain", "Iso-time gain"),
-                ("early_term_speedup", "Early-term. speedup"), ("frac_mixed_mean", "Mixed (%)")]
+                ("speedup", "Speedup"), ("inputs_speedup", "Inputs speedup"), ("iso_time_gain", "Iso-time gain"),
+                ("early_term_speedup", "Early-term. speedup"),
+                ("early_term_inputs_speedup", "Early-term. inputs speedup"), ("frac_mixed_mean", "Mixed (%)")]
 
 
 def header_command(path: Path) -> str:
@@ -64,10 +65,10 @@ def section(root: Path, stem: str, sweep: str, extra: list[str]) -> list[str]:
     if not (folder / "summary.csv").exists():
         return lines + ["Not run (no report).", ""]
     summary = pd.read_csv(folder / "summary.csv")
-    lines += ["| " + " | ".join(h for _, h in SUMMARY_COLS) + " |", "| --- | " + "---: | " * (len(SUMMARY_COLS) - 1)]
+    lines += ["| " + " | ".join(h for _, h in SUMMARY_COLS) + " |", "| --- | " + " | ".join(["---:"] * (len(SUMMARY_COLS) - 1)) + " |"]
     for _, r in summary.iterrows():
         cells = [str(r["variant"]), "full" if r["budget"] >= 1 else f"{r['budget']:g}"]
-        cells += [_fmt(r[c], 3 if c == "inputs_ratio" else 2) for c, _ in SUMMARY_COLS[2:]]
+        cells += [_fmt(r[c]) for c, _ in SUMMARY_COLS[2:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     tables = _claims_table(pd.read_csv(folder / "claims.csv"), stem) if (folder / "claims.csv").exists() else []

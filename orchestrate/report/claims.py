@@ -50,7 +50,8 @@ HOLDS, FAILS, NOT_MEASURED = "holds", "fails", "not measured"
 #: the summary columns a check may read
 CLAIM_COLUMNS = (
     "top1", "top1_std", "top5", "delta_top1", "wall_seconds", "speedup", "n_inputs", "n_forward", "inputs_ratio",
-    "iso_time_gain", "early_term_epoch", "early_term_speedup", "frac_mixed_final", "frac_mixed_mean",
+    "inputs_speedup", "iso_time_gain", "early_term_epoch", "early_term_speedup", "early_term_inputs_speedup",
+    "frac_mixed_final", "frac_mixed_mean",
     "peak_gpu_mem_mb", "peak_rss_mb", "epochs", "n_seeds", *STAT_COLUMNS,
 )
 _FUNCTIONS = {"abs": abs, "min": min, "max": max}

@@ -16,7 +16,8 @@ is a percentage** (0..100; the epoch table and MLflow's ``test_acc`` are fractio
   and history writing excluded). ``speedup``: reference wall / group wall (ratio of the means).
 - ``n_inputs`` / ``n_forward``: mean over seeds of the inputs forwarded and backpropagated / only
   forwarded, summed over epochs (raw counts, METHOD.md "Cost accounting"). ``inputs_ratio``:
-  (``n_inputs`` + ``n_forward`` / 3) / the reference's ``n_inputs`` (hardware-free).
+  (``n_inputs`` + ``n_forward`` / 3) / the reference's ``n_inputs`` (hardware-free); ``inputs_speedup``:
+  its inverse, the hardware-free counterpart of ``speedup``.
 - ``iso_time_gain``: ``top1`` minus the baseline frontier's accuracy at the group's wall time. The
   frontier is the points (mean wall, mean top-1) of the budget baselines and the full baseline that match
   as above, sorted by wall time, linearly interpolated; blank outside its range or with fewer than two
@@ -24,6 +25,8 @@ is a percentage** (0..100; the epoch table and MLflow's ``test_acc`` are fractio
 - ``early_term_epoch``: the first epoch (0-based, as in the history) at which the reference's mean
   test-accuracy curve reaches the group's final mean top-1; ``early_term_speedup``: the reference's total
   time / its cumulative time up to and including that epoch (mean epoch times over seeds); blank if never.
+  ``early_term_inputs_speedup``: the same with inputs instead of seconds (hardware-free; compare it with
+  ``inputs_speedup`` where wall times are noisy).
 - ``frac_mixed_final`` / ``frac_mixed_mean``: % of samples mixed in the last epoch / on average over
   epochs (means over seeds).
 - ``peak_gpu_mem_mb`` / ``peak_rss_mb``: the largest over the group's trials of each trial's largest
@@ -49,8 +52,8 @@ BASELINE = "baseline"
 #: the fixed columns of ``summarize`` (grid-axis label columns go after ``budget``)
 SUMMARY_COLUMNS = [
     "model", "variant", "budget", "n_seeds", "n_failed", "n_running", "top1", "top1_std", "top5",
-    "delta_top1", "wall_seconds", "speedup", "n_inputs", "n_forward", "inputs_ratio", "iso_time_gain",
-    "early_term_epoch", "early_term_speedup", "frac_mixed_final", "frac_mixed_mean", "peak_gpu_mem_mb",
+    "delta_top1", "wall_seconds", "speedup", "n_inputs", "n_forward", "inputs_ratio", "inputs_speedup",
+    "iso_time_gain", "early_term_epoch", "early_term_speedup", "early_term_inputs_speedup", "frac_mixed_final", "frac_mixed_mean", "peak_gpu_mem_mb",
     "peak_rss_mb", *STAT_COLUMNS, "epochs", "seeds", "baseline_match", "missing",
 ]
 #: ``trial_table``'s columns (grid-axis label columns go after ``seed``)
@@ -236,13 +239,15 @@ def _std(values) -> float:
 
 
 def _mean_curve(trials: list[_Trial]) -> pd.DataFrame:
-    """Per epoch: mean test accuracy (%) and mean epoch seconds over the trials; cumulative seconds."""
-    frames = [t.epochs[["epoch", "test_acc", "epoch_seconds"]] for t in trials if len(t.epochs)]
+    """Per epoch: mean test accuracy (%), mean epoch seconds and inputs over the trials; their cumulative
+    sums (``cum_seconds``, ``cum_inputs``)."""
+    frames = [t.epochs[["epoch", "test_acc", "epoch_seconds", "n_inputs"]] for t in trials if len(t.epochs)]
     if not frames:
-        return pd.DataFrame(columns=["epoch", "test_acc", "epoch_seconds", "cum_seconds"])
-    curve = pd.concat(frames).groupby("epoch", sort=True).mean().reset_index()
+        return pd.DataFrame(columns=["epoch", "test_acc", "epoch_seconds", "n_inputs", "cum_seconds", "cum_inputs"])
+    curve = pd.concat(frames).astype(float).groupby("epoch", sort=True).mean().reset_index()
     curve["test_acc"] = 100 * curve["test_acc"]
     curve["cum_seconds"] = curve["epoch_seconds"].cumsum()
+    curve["cum_inputs"] = curve["n_inputs"].cumsum()
     return curve
 
 
@@ -329,17 +334,17 @@ def _iso_time_gain(frontier, wall: float, top1: float, on_frontier: bool) -> flo
     return float(top1 - np.interp(wall, walls, accs))
 
 
-def _early(ref: _Reference, top1: float) -> tuple[float, float]:
+def _early(ref: _Reference, top1: float) -> tuple[float, float, float]:
+    """(early-termination epoch, its wall-clock speedup, its inputs speedup); NaN when never reached."""
     curve = ref.curve
     if not len(curve) or math.isnan(top1):
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     reached = curve[curve["test_acc"] >= top1 - 1e-9]
     if not len(reached):
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     row = reached.iloc[0]
-    total = curve["cum_seconds"].iloc[-1]
-    speedup = total / row["cum_seconds"] if row["cum_seconds"] > 0 else math.nan
-    return float(row["epoch"]), float(speedup)
+    return (float(row["epoch"]), _ratio(curve["cum_seconds"].iloc[-1], row["cum_seconds"]),
+            _ratio(curve["cum_inputs"].iloc[-1], row["cum_inputs"]))
 
 
 def _ratio(a: float, b: float) -> float:
@@ -387,7 +392,8 @@ def _summary(groups: list[_Group]) -> pd.DataFrame:
             "n_forward": _mean(t.forward for t in done),
             "inputs_ratio": _ratio(_mean(t.cost for t in done), ref.inputs) if ref else math.nan,
             "iso_time_gain": _iso_time_gain(_frontier(groups, g), wall, top1, g.is_baseline),
-            "early_term_epoch": math.nan, "early_term_speedup": math.nan,
+            "inputs_speedup": _ratio(ref.inputs, _mean(t.cost for t in done)) if ref else math.nan,
+            "early_term_epoch": math.nan, "early_term_speedup": math.nan, "early_term_inputs_speedup": math.nan,
             "frac_mixed_final": _mean(t.final_frac_mixed for t in done),
             "frac_mixed_mean": _mean(t.mean_frac_mixed for t in done),
             **{col: _max(t.peak.get(col, math.nan) for t in g.trials) for col in _MEMORY},
@@ -398,7 +404,7 @@ def _summary(groups: list[_Group]) -> pd.DataFrame:
             "missing": _missing_note(g),
         }
         if ref:
-            row["early_term_epoch"], row["early_term_speedup"] = _early(ref, top1)
+            row["early_term_epoch"], row["early_term_speedup"], row["early_term_inputs_speedup"] = _early(ref, top1)
         rows.append(row)
     columns = SUMMARY_COLUMNS[:3] + extra_cols + SUMMARY_COLUMNS[3:]
     table = pd.DataFrame(rows, columns=columns)

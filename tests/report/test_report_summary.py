@@ -56,11 +56,13 @@ def test_variant_row(s1):
     assert v.delta_top1 == pytest.approx(-22.0)
     assert v.wall_seconds == pytest.approx(30.0)  # (28 + 32) / 2
     assert v.speedup == pytest.approx(42 / 30)
-    assert v.inputs_ratio == pytest.approx(280 / 400)
+    assert v.inputs_ratio == pytest.approx(280 / 400) and v.inputs_speedup == pytest.approx(400 / 280)
+    assert v.n_inputs == 280 and v.n_forward == 0
     # frontier (21 s, 71 %) -- (42 s, 82 %): at 30 s, 71 + 11 * 9 / 21
     assert v.iso_time_gain == pytest.approx(60 - (71 + 11 * 9 / 21))
     # baseline mean curve 50, 61, 71, 82 % first reaches 60 % at epoch 1, after 21 of its 42 s
     assert v.early_term_epoch == 1 and v.early_term_speedup == pytest.approx(2.0)
+    assert v.early_term_inputs_speedup == pytest.approx(400 / 200)  # 100 inputs per baseline epoch
     assert v.frac_mixed_final == pytest.approx(80.0) and v.frac_mixed_mean == pytest.approx(55.0)  # percent
     assert v.n_failed == 1 and "mc-2" in v.missing and "boom at epoch 2" in v.missing
     assert "Traceback" not in v.missing  # first line of the error only
