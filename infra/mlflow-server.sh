@@ -2,6 +2,7 @@
 # MLflow tracking server backed by a private PostgreSQL instance, on 127.0.0.1.
 #
 #   infra/mlflow-server.sh up     [--port P] [--data DIR] [--pg-port Q] [--host H] [--timeout S]
+#                                 [--auth [--users FILE] [--default-permission P]] [--insecure]
 #   infra/mlflow-server.sh status [--data DIR]
 #   infra/mlflow-server.sh down   [--data DIR] [--purge]
 #
@@ -33,6 +34,16 @@
 #   * MLflow 3 runs uvicorn; --workers 1 keeps it to one worker process. Its security
 #     middleware allows localhost and private IPs by default; pass --host 0.0.0.0 and set
 #     MLFLOW_SERVER_ALLOWED_HOSTS / --allowed-hosts yourself to expose it further.
+#   * A host other than loopback exposes every run to the network, read and write: `up` refuses
+#     it unless --auth (MLflow's own basic-auth app) or --insecure (a network you trust) is given.
+#   * --auth: users and passwords come from FILE (default DIR/users; created with `admin` and a
+#     random password when missing), one `user:password` per line, the first line the admin; the
+#     file must be mode 0600. Users are kept in the database `mlflow_auth` of the same PostgreSQL;
+#     users added to FILE are created at the next `up`, changed passwords are updated (the admin's
+#     only through MLflow's update-password API). Clients (mixtrain, the MLflow client) read
+#     MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD from the environment. Permission on
+#     experiments a user did not create: --default-permission (READ, EDIT, MANAGE, NO_PERMISSIONS;
+#     default READ). Needs MLflow's auth extra (`pip install '.[auth]'`: Flask-WTF).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +59,10 @@ usage: mlflow-server.sh up|down|status [options]
             --pg-port Q    PostgreSQL port (default: a free port)
             --host H       interface MLflow binds to (default 127.0.0.1)
             --timeout S    seconds to wait for /health (default 120)
+            --auth         MLflow's basic-auth app; users from --users FILE (user:password lines,
+                           first = admin, mode 0600; default DIR/users, made if missing)
+            --default-permission P   READ (default), EDIT, MANAGE or NO_PERMISSIONS
+            --insecure     allow a non-loopback --host without --auth
   status  print the URI and check /health; exit 1 when not running
   down    stop MLflow and PostgreSQL
             --data DIR     as above
@@ -156,10 +171,49 @@ stop_all() {
     fi
 }
 
+loopback() {
+    case "$1" in
+        127.*|localhost|::1) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# Create the users of the users file (all but the admin, whom MLflow creates itself) or update
+# their passwords; passwords are read from the file, never put on a command line.
+sync_users() {
+    python3 - "$1" "$2" <<'PY'
+import base64, json, sys, urllib.error, urllib.request
+users_file, uri = sys.argv[1], sys.argv[2]
+lines = [ln.strip() for ln in open(users_file) if ln.strip() and not ln.lstrip().startswith("#")]
+pairs = [ln.split(":", 1) for ln in lines]
+admin = base64.b64encode(f"{pairs[0][0]}:{pairs[0][1]}".encode()).decode()
+def call(path, method, body):
+    req = urllib.request.Request(f"{uri}/api/2.0/mlflow/users/{path}", data=json.dumps(body).encode(),
+                                 method=method, headers={"Authorization": f"Basic {admin}",
+                                                         "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30):
+            return None
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")[:300]
+for user, password in pairs[1:]:
+    failed = call("create", "POST", {"username": user, "password": password})
+    if failed and "exists" in failed[1].lower():
+        failed = call("update-password", "PATCH", {"username": user, "password": password})
+    if failed:
+        sys.exit(f"user {user}: HTTP {failed[0]}: {failed[1]}")
+print(len(pairs) - 1)
+PY
+}
+
 cmd_up() {
-    local port=5000 pg_port="" host=127.0.0.1 timeout=120
+    local port=5000 pg_port="" host=127.0.0.1 timeout=120 auth=0 insecure=0 users="" permission=READ
     while [[ $# -gt 0 ]]; do
         case "$1" in
+            --auth) auth=1; shift ;;
+            --insecure) insecure=1; shift ;;
+            --users) users="${2:?}"; shift 2 ;;
+            --default-permission) permission="${2:?}"; shift 2 ;;
             --port) port="${2:?}"; shift 2 ;;
             --data) DATA="${2:?}"; shift 2 ;;
             --pg-port) pg_port="${2:?}"; shift 2 ;;
@@ -170,6 +224,15 @@ cmd_up() {
         esac
     done
     [[ "$port" =~ ^[0-9]+$ && "$timeout" =~ ^[0-9]+$ ]] || die "--port/--timeout need integers"
+    if ! loopback "$host" && [[ "$auth" == 0 && "$insecure" == 0 ]]; then
+        echo "mlflow-server: error: --host $host exposes every run to the network, read and write; add --auth (MLflow's basic-auth app, users in a 0600 file) or, on a network you trust, --insecure" >&2
+        exit 2
+    fi
+    case "$permission" in
+        READ|EDIT|MANAGE|NO_PERMISSIONS) ;;
+        *) echo "mlflow-server: error: --default-permission $permission: choose READ, EDIT, MANAGE or NO_PERMISSIONS" >&2
+           exit 2 ;;
+    esac
     find_tools
     setup_pg_user
     mkdir -p "$DATA"
@@ -234,17 +297,60 @@ cmd_up() {
             || { cat "$DATA/logs/psql.log" >&2; stop_all; die "could not create database mlflow"; }
     fi
 
+    # --- basic auth (optional) -----------------------------------------------------
+    local app_args=() admin_user="" admin_pw=""
+    if [[ "$auth" == 1 ]]; then
+        users="${users:-$DATA/users}"
+        if [[ ! -e "$users" ]]; then
+            (umask 077; printf 'admin:%s\n' "$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)" >"$users")
+            log "created $users (user admin, a random password); add a user:password line per user"
+        fi
+        local mode first
+        mode="$(stat -c %a "$users")"
+        [[ "$mode" =~ ^[4-7]00$ ]] || { stop_all; die "$users has mode $mode: others can read the passwords; chmod 600 $users"; }
+        first="$(grep -v '^[[:space:]]*#' "$users" | grep -m1 ':' || true)"
+        admin_user="${first%%:*}"
+        admin_pw="${first#*:}"
+        [[ -n "$admin_user" && -n "$admin_pw" ]] || { stop_all; die "$users: the first line must be admin_user:password"; }
+        while IFS= read -r line; do
+            [[ -z "${line// /}" || "$line" == \#* ]] && continue
+            local pw="${line#*:}"
+            [[ "$line" == *:* && ${#pw} -ge 12 ]] \
+                || { stop_all; die "$users: user ${line%%:*}: MLflow wants user:password with a password of 12 or more characters"; }
+        done <"$users"
+        "$(dirname "$MLFLOW_BIN")/python" -c 'import flask_wtf' 2>/dev/null \
+            || { stop_all; die "--auth needs MLflow's auth extra next to $MLFLOW_BIN: pip install 'mlflow[auth]' (Flask-WTF)"; }
+        if [[ "$("$PG_BIN/psql" -h 127.0.0.1 -p "$pg_port" -U mlflow -d postgres -tAc \
+            "SELECT 1 FROM pg_database WHERE datname = 'mlflow_auth'" 2>>"$DATA/logs/psql.log")" != 1 ]]; then
+            "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U mlflow mlflow_auth 2>>"$DATA/logs/psql.log" \
+                || { cat "$DATA/logs/psql.log" >&2; stop_all; die "could not create database mlflow_auth"; }
+        fi
+        [[ -s "$DATA/flask-secret" ]] \
+            || (umask 077; head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40 >"$DATA/flask-secret")
+        (
+            umask 077
+            printf '[mlflow]\ndefault_permission = %s\ndatabase_uri = %s\nadmin_username = %s\nauthorization_function = %s\n' \
+                "$permission" "postgresql+psycopg://mlflow@127.0.0.1:$pg_port/mlflow_auth" "$admin_user" \
+                "mlflow.server.auth:authenticate_request_basic_auth" >"$DATA/basic_auth.ini"
+        )
+        app_args=(--app-name basic-auth)
+        log "basic auth on: users from $users (admin: $admin_user), default permission $permission"
+    fi
+
     # --- MLflow --------------------------------------------------------------------
     local uri="http://127.0.0.1:$port"
     [[ "$host" == 127.0.0.1 || "$host" == 0.0.0.0 ]] || uri="http://$host:$port"
     log "starting MLflow server on $uri (first start creates the schema: ~10-30 s)"
     # MLflow >= 3.5 also spawns a job runner with ~7 huey consumer processes (GenAI
     # jobs; >1 GB RSS). Off unless the caller sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION.
+    # The auth app's settings reach only the server's environment (no password on a command line).
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
+    MLFLOW_AUTH_CONFIG_PATH="$DATA/basic_auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$admin_pw" \
+    MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$DATA/flask-secret" 2>/dev/null || true)" \
     setsid "$MLFLOW_BIN" server \
         --backend-store-uri "postgresql+psycopg://mlflow@127.0.0.1:$pg_port/mlflow" \
         --artifacts-destination "$DATA/artifacts" --serve-artifacts \
-        --host "$host" --port "$port" --workers 1 \
+        --host "$host" --port "$port" --workers 1 "${app_args[@]}" \
         </dev/null >"$DATA/logs/mlflow.log" 2>&1 &
     echo $! >"$DATA/mlflow.pid"
 
@@ -262,6 +368,12 @@ cmd_up() {
         fi
         sleep 1
     done
+    if [[ "$auth" == 1 ]]; then
+        local made
+        made="$(sync_users "$users" "http://127.0.0.1:$port")" \
+            || { show_logs; stop_all; die "could not create the users of $users"; }
+        log "$made user(s) besides the admin created or updated; clients need MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    fi
     echo "$uri" >"$DATA/uri"
     log "up in $((SECONDS - start_s))s (data $DATA). export MLFLOW_TRACKING_URI=$uri"
     echo "$uri"

@@ -350,6 +350,19 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _sweep_links(url: str, most: int = 5) -> list[tuple[str, str]]:
+    """(experiment name, its trials' charts page) of the most recently used experiments of the store."""
+    from orchestrate.tracking import runs_url
+
+    try:
+        from mlflow.tracking import MlflowClient
+
+        found = MlflowClient(url).search_experiments(max_results=most + 1, order_by=["last_update_time DESC"])
+    except Exception:  # noqa: BLE001 - the links are a convenience; the UI is up either way
+        return []
+    return [(e.name, runs_url(url, e.experiment_id)) for e in found if e.name != "Default"][:most]
+
+
 def cmd_ui(args) -> int:
     """MLflow's server (UI + REST) on the local store: one worker, no job runner, in its own process
     group; the URL is printed once /health answers; SIGINT/SIGTERM/SIGHUP stop the whole group."""
@@ -407,6 +420,8 @@ def cmd_ui(args) -> int:
                                     f"its log: {log_path}")
             time.sleep(0.5)
         print(f"MLflow UI for {uri} at {url} (Ctrl-C stops it; server log {log_path})", flush=True)
+        for name, link in _sweep_links(url):
+            print(f"  {name}: {link}", flush=True)
         code = server.wait()
         return 0 if code == 0 else 1
     except (_Stop, KeyboardInterrupt) as stopped:

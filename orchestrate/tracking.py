@@ -25,11 +25,27 @@ EPOCH_METRICS = (
     "train_loss", "train_acc", "test_acc", "test_top5", "test_loss", "epoch_seconds", "n_inputs",
     "n_mixed", "n_skipped", "frac_mixed", "l_corr", "l_incorr", "l_mid", "n_next_region1", "n_next_region3",
     "lr", "total_train_seconds",
+    # what the trial used of its machine, per epoch (only what the machine has: no GPU keys on a CPU)
+    "rss_mb", "peak_gpu_mem_mb", "gpu_util",
 )
+# Accuracies are fractions in [0, 1] everywhere they are stored (Parquet, MLflow's test_acc); the CLI and
+# the report print percentages, so MLflow also gets the percentage under a name that says so.
+PERCENT_METRICS = {"test_acc": "test_acc_pct", "final_test_acc": "final_test_acc_pct"}
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the MLflow 3 UI's experiment type (its GenAI views otherwise)
+MODEL_TRAINING_KIND = "custom_model_development"
 PARENT_TAG = "mixtrain.sweep_parent"
 PENDING_RUN = "pending-run:"  # run key of a trial whose MLflow run could not be found or made yet
 STATS = {"flushes": 0, "flush_seconds": 0.0, "epochs_logged": 0}  # driver-side cost, read by bench/
 log = logging.getLogger("mixtrain.tracking")
+
+
+def runs_url(server: str, experiment_id: str, charts: bool = True) -> str:
+    """The MLflow UI page of a sweep's trials: the model-training view (MLflow 3.17's UI picks GenAI or
+    model training from ``workflowType`` in the URL or the browser's last choice, not from the
+    experiment's tag), sorted by run name so every trial is a row of its own (not folded under the
+    parent run) and, with ``charts``, every trial's metric curves at once."""
+    query = "workflowType=machine_learning&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true"
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}" + ("&compareRunsMode=CHART" if charts else "")
 
 
 class TrackingError(MixtrainError):
@@ -69,6 +85,13 @@ def check_reachable(uri: str) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot track"
         text = str(err)
+        if any(k in text for k in ("401", "403", "Unauthorized", "Permission denied", "PERMISSION_DENIED")):
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise TrackingError(
+                f"tracking server {uri} refused " + (f"user {who!r}" if who else "a request without credentials")
+                + "; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow's basic auth) to a user "
+                "of the server" + (" with permission on this experiment" if who else "")
+            ) from None
         known = ("Connection refused", "timed out", "Name or service not known", "No route to host",
                  "unable to open database file", "401", "403", "404")
         reason = next((k for k in known if k in text), text.splitlines()[0][:120] if text else type(err).__name__)
@@ -100,11 +123,14 @@ class SweepTracker:
 
     # ------------------------------------------------------------ runs
     def _experiment(self, name: str) -> str:
+        """The sweep's experiment, marked as a model-training experiment (unless someone chose otherwise)."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return exp.experiment_id
 
     def _find_run(self, filter_string: str):
@@ -198,6 +224,8 @@ class SweepTracker:
         ts = timestamp_ms or int(time.time() * 1000)
         batch = [Metric(k, float(metrics[k]), ts, epoch) for k in EPOCH_METRICS
                  if k in metrics and metrics[k] is not None and math.isfinite(float(metrics[k]))]
+        batch += [Metric(PERCENT_METRICS[m.key], 100.0 * m.value, ts, epoch) for m in batch
+                  if m.key in PERCENT_METRICS]
         self.logged[run_id].add(epoch)
         self.pending.append((run_id, batch, [], []))
         STATS["epochs_logged"] += 1
@@ -213,6 +241,8 @@ class SweepTracker:
         # duplicate point; their last epoch's value is already the final one.
         metrics = [Metric(k, float(v), ts, 0) for k, v in final.items() if k not in EPOCH_METRICS
                    and isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))]
+        metrics += [Metric(PERCENT_METRICS[m.key], 100.0 * m.value, ts, 0) for m in metrics
+                    if m.key in PERCENT_METRICS]
         tags = [RunTag("status", "failed" if status == "FAILED" else "done")]
         if error:
             tags.append(RunTag("error", error[:5000]))

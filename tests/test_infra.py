@@ -331,3 +331,20 @@ def test_rayjob_sweep_file_exists_in_repo():
         pytest.skip("sweeps/ not written yet")
     if not (REPO_ROOT / m.group(1)).is_file():
         pytest.skip(f"{m.group(1)} not written yet")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3"])
+def test_mlflow_refuses_an_exposed_host_without_auth(host: str, tmp_path: Path):
+    """A non-loopback host exposes every run, read and write: refused unless --auth or --insecure."""
+    proc = subprocess.run(["bash", str(INFRA / "mlflow-server.sh"), "up", "--host", host, "--data",
+                           str(tmp_path / "state")], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--auth" in proc.stderr and "--insecure" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+def test_mlflow_script_auth_contract():
+    text = (INFRA / "mlflow-server.sh").read_text()
+    assert "--app-name basic-auth" in text
+    assert "MLFLOW_AUTH_CONFIG_PATH" in text and "MLFLOW_FLASK_SERVER_SECRET_KEY" in text
+    assert "umask 077" in text and "chmod 600" in text

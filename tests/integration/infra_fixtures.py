@@ -190,8 +190,10 @@ def local_ray_cluster(
 
 
 @contextlib.contextmanager
-def local_mlflow_server(port: int | None = None) -> Iterator[MlflowServerHandle]:
-    """A fresh MLflow server + PostgreSQL in a temporary data dir, purged afterwards."""
+def local_mlflow_server(port: int | None = None, extra_args: list[str] | None = None
+                        ) -> Iterator[MlflowServerHandle]:
+    """A fresh MLflow server + PostgreSQL in a temporary data dir, purged afterwards (``extra_args``:
+    more options for ``mlflow-server.sh up``, e.g. ``["--auth", "--users", FILE]``)."""
     mlflow_bin = _tool("mlflow", "MLFLOW_BIN")
     if not mlflow_bin:
         pytest.skip("no `mlflow` executable (pip install mlflow)")
@@ -207,7 +209,8 @@ def local_mlflow_server(port: int | None = None) -> Iterator[MlflowServerHandle]
         error = None
         try:
             out = _run_script(
-                MLFLOW_SERVER_SH, ["up", "--port", str(port), "--data", str(data_dir)], env, UP_TIMEOUT_S
+                MLFLOW_SERVER_SH, ["up", "--port", str(port), "--data", str(data_dir), *(extra_args or [])], env,
+                UP_TIMEOUT_S,
             )
         except InfraScriptError as exc:
             error = str(exc)

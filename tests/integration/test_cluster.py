@@ -159,3 +159,39 @@ def test_mlflow_ui_in_headless_chromium_lists_the_runs(cluster_sweep):
         image.load()
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 16, f"blank screenshot: {len(colours)} colours"
+
+
+def test_mlflow_ui_opens_as_model_training_with_every_trials_charts(cluster_sweep):
+    """The experiment is marked as model training, and the page `mixtrain ui` links to shows the runs table
+    and the metric charts of every trial at once (not MLflow's GenAI views, not folded under the parent);
+    a screenshot is kept (test-artifacts/mlflow-ui-charts.png)."""
+    binary = it.chromium_binary()
+    if binary is None:
+        pytest.skip("no Chromium (apt-get install -y chromium) for the MLflow UI test")
+    from PIL import Image
+
+    from orchestrate.tracking import EXPERIMENT_KIND_TAG, runs_url
+
+    client, exp, parents, children = it.mlflow_runs(cluster_sweep["uri"], SWEEP)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    url = runs_url(cluster_sweep["uri"], exp.experiment_id)
+    names = [r.info.run_name for r in children]
+    text = _dump_until(binary, url, [*names, "Model metrics", "Step"])
+    assert "Model training" in text and "Evaluation runs" not in text, text[:3000]  # not the GenAI side bar
+    for name in names:
+        assert name in text, f"{name!r} not on the page: {text[:3000]}"
+    charts_count = re.search(r"Model metrics \((\d+)\)", text)
+    assert charts_count and int(charts_count.group(1)) >= 10, text[:3000]  # a chart per logged metric
+    # the first chart is drawn (the others render as they scroll into view), one curve per trial, unfolded
+    first = re.search(r"Step (.*?) System metrics", text)
+    assert first and all(f"{name} (" in first.group(1) for name in names), text[:3000]
+
+    charts = it.ARTIFACTS / "mlflow-ui-charts.png"
+    it.ARTIFACTS.mkdir(exist_ok=True)
+    charts.unlink(missing_ok=True)
+    shot = _chromium(binary, f"--screenshot={charts}", "--window-size=1400,900", "--hide-scrollbars", url)
+    assert charts.is_file(), shot.stderr.decode(errors="replace")[-2000:]
+    with Image.open(charts) as image:
+        image.load()
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 64, "a screenshot without charts"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from mixtrain_trainer.history import load_epochs, load_samples, load_trial_records, load_trials, sample_files
@@ -47,19 +48,27 @@ def test_quickstart_smoke_end_to_end(ray_local, tmp_path):
     client, parents, children = _runs(uri, "quickstart")
     assert len(parents) == 1
     assert sorted(r.data.tags["trial_id"] for r in children) == sorted(t.trial_id for t in trials)
+    trained = {t.trial_id: t.config.trained_epochs for t in trials}  # budget baselines train fewer epochs
+    assert sorted(set(trained.values())) == [1, 2]
+    exp = client.get_experiment_by_name("quickstart")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["sweep"] == "quickstart" and run.data.tags["variant"]
         assert run.info.status == "FINISHED"
         assert "final_test_acc" in run.data.metrics and "total_train_seconds" in run.data.metrics
         assert run.data.params["epochs"] == "2" and run.data.params["dataset.train_subset"] == "256"
-        _assert_clean_metrics(client, run, 2)
+        _assert_clean_metrics(client, run, trained[run.data.tags["trial_id"]])
+        fraction = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_acc")}
+        percent = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_acc_pct")}
+        assert percent == pytest.approx({k: 100 * v for k, v in fraction.items()})
+        assert all(0 <= v <= 1 for v in fraction.values())
     samples = load_samples(root, "quickstart", columns=["sample_id"])
     per = samples.groupby(["trial", "epoch"]).size()
-    assert set(per.values) == {256} and len(per) == 2 * len(trials)
+    assert set(per.values) == {256} and len(per) == sum(trained.values())
     assert not samples.duplicated(["trial", "epoch", "sample_id"]).any()
     epochs = load_epochs(root, "quickstart")
-    assert len(epochs) == 2 * len(trials)
+    assert len(epochs) == sum(trained.values())
     # naive-cutmix pairs everything from epoch 0: half the inputs
     naive = [t.trial_id for t in trials if t.labels["variant"] == "naive-cutmix"][0]
     assert (epochs[epochs.trial == naive].n_inputs == 128).all()
@@ -81,8 +90,12 @@ def test_quickstart_smoke_end_to_end(ray_local, tmp_path):
                         "group by all order by all").fetchall()
     assert [(t, int(e), n) for t, e, n in counts] == [(t, e, n) for (t, e), n in per.sort_index().items()]
     folder = write_report(root, "quickstart")
-    summary = (folder / "summary.csv").read_text()
-    assert all(t.labels["variant"] in summary for t in trials)
+    import pandas as pd
+
+    summary = pd.read_csv(folder / "summary.csv")
+    rows = set(zip(summary.variant, summary.budget))  # budget baselines: variant baseline, their budget
+    assert rows == {(t.config.variant if t.config.budget < 1 else t.labels["variant"], t.config.budget)
+                    for t in trials}, rows
     assert (folder / "summary.md").exists() and (folder / "test_accuracy.png").stat().st_size > 0
 
 

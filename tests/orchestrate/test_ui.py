@@ -35,6 +35,9 @@ def test_busy_port_is_one_line_and_exit_2(tmp_path):
 
 
 def test_ready_when_printed_and_no_orphan_after_sigterm(tmp_path):
+    from orchestrate.tracking import SweepTracker
+
+    experiment = SweepTracker(f"sqlite:///{tmp_path}/m.db", "a-sweep").experiment_id
     ui = subprocess.Popen([*mixtrain_cmd(), "ui", "--port", "0", "--uri", f"sqlite:///{tmp_path}/m.db"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
                           cwd=tmp_path)
@@ -43,6 +46,9 @@ def test_ready_when_printed_and_no_orphan_after_sigterm(tmp_path):
         match = re.search(r"at (http://127\.0\.0\.1:(\d+))", line)
         assert match, (line, ui.stderr.read() if ui.poll() is not None else "")
         url = match.group(1)
+        link = ui.stdout.readline().strip()  # each sweep's trials, in the model-training chart view
+        assert link == (f"a-sweep: {url}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+                        "&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true&compareRunsMode=CHART"), link
         with urllib.request.urlopen(f"{url}/health", timeout=5) as response:  # answers at once
             assert response.status == 200
         with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10) as r:
@@ -59,7 +65,8 @@ def test_ready_when_printed_and_no_orphan_after_sigterm(tmp_path):
             time.sleep(0.2)
         left = [(p, cmdline(p)) for p in tree if alive(p)]
         assert not left, f"orphaned after SIGTERM: {left}"
-        with socket.socket() as s:  # the port is free again
+        with socket.socket() as s:  # the port is free again (no listener; TIME_WAIT allowed, as servers bind)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", int(match.group(2))))
     finally:
         if ui.poll() is None:
