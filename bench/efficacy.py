@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from mixtrain_trainer.config import validate_run_config  # noqa: E402
 from mixtrain_trainer.history import load_epochs  # noqa: E402
-from mixtrain_trainer.loop import Trainer  # noqa: E402
+from mixtrain_trainer.trainer import Trainer  # noqa: E402
 
 DEFAULT_VARIANTS = ["baseline", "mixtrain-cutmix", "mixtrain-mixup", "naive-cutmix", "selective-backprop",
                     "mixtrain-cutmix-anneal"]

@@ -24,10 +24,11 @@ sys.path.insert(0, str(REPO))
 
 from mixtrain_trainer import mixing  # noqa: E402
 from mixtrain_trainer.history import HistoryWriter  # noqa: E402
-from mixtrain_trainer.loop import PATH_LOOKUP  # noqa: E402
 from mixtrain_trainer.models import create_model  # noqa: E402
 from mixtrain_trainer.policy import AmenabilityPolicy  # noqa: E402
 from mixtrain_trainer.sampler import plan_epoch  # noqa: E402
+from mixtrain_trainer.step import pair_logits, pair_loss  # noqa: E402
+from mixtrain_trainer.trainer import PATH_LOOKUP  # noqa: E402
 
 
 def sync(device):
@@ -58,12 +59,12 @@ def train_step_seconds(model, device, batch: int, split: bool, amp, steps: int) 
     mask = mixing.half_grid_masks(batch, (32 // stride, 32 // stride), g, device)
     r = mixing.mask_ratio(mask)
     composites = mixing.cutmix(x1, x2, mask, stride)
-    empty = composites[:0]
+    w, composite = torch.ones(batch, device=device), torch.ones(batch, dtype=torch.bool, device=device)
 
     def step():
         with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
-            s, o1, o2 = mixing.composite_outputs(model, empty, composites, mask, split)
-        loss, _ = mixing.mixed_batch_loss(s, y1[:0], o1, y1, o2, y2, r, split)
+            o1, o2 = pair_logits(model, composites, mask, split)
+        loss = pair_loss(o1, o2, y1, y2, r, w, composite, not split)[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

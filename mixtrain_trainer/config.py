@@ -106,7 +106,7 @@ class RunConfig(_Strict):
     channels_last: bool | None = None  # None: on CUDA only
     grad_accum: int = Field(1, ge=1)  # mini-batches whose gradients are summed before a step
     pin_memory: bool = True  # host batches pinned when the data is not device-resident
-    compile: bool = False  # torch.compile the model (CUDA)
+    compile: Literal["auto"] | bool = "auto"  # compile the train step; auto: on CUDA (CUDA graphs), eager on CPU
     eval_batch_size: int = Field(512, gt=0)
     workers: int = Field(1, ge=1)  # data-parallel workers of one trial, each training batch_size inputs per step
     sync_batchnorm: bool = False  # workers > 1: batch-norm statistics over the global batch, not per worker

@@ -62,6 +62,7 @@ EPOCHS_SCHEMA = pa.schema([
     ("n_next_skip", pa.int64()),
     ("peak_gpu_mem_mb", pa.float64()),
     ("rss_mb", pa.float64()),
+    ("gpu_util", pa.float64()),
 ])
 
 SAMPLES_PARTITIONING = ds.partitioning(pa.schema([("trial", pa.string()), ("epoch", pa.int32())]), flavor="hive")

@@ -7,8 +7,10 @@ its pixel weight for MixUp); constituent 2 has ``1 - r``. Randomness comes only 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 
 # The four halves of the feature grid a mixTrain CutMix box can be: left, right, top, bottom.
 HALVES = 4
@@ -38,6 +40,15 @@ def half_masks_for(which: torch.Tensor, grid: tuple[int, int], device=None) -> t
     top = (rows < h // 2).expand(-1, h, w)
     bottom = (rows >= h - h // 2).expand(-1, h, w)
     return torch.where(which == 0, left, torch.where(which == 1, right, torch.where(which == 2, top, bottom)))
+
+
+def pair_masks(
+    composite: torch.Tensor, grid: tuple[int, int], generator: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Grid masks of a fixed-shape pair batch: a random half for each composite slot, every cell for a
+    single (constituent 1 owns the whole map, so r = 1). composite: (B,) bool -> (B, h, w) bool."""
+    halves = half_grid_masks(composite.shape[0], grid, generator, device)
+    return halves | ~composite.to(device).view(-1, 1, 1)
 
 
 def mask_ratio(mask: torch.Tensor) -> torch.Tensor:
@@ -84,68 +95,35 @@ def split_pool(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return pooled[:, 0], pooled[:, 1]
 
 
+@dataclasses.dataclass(frozen=True)
+class Operator:
+    """A mixing operator: ``compose(x1, x2, mask, r, stride)`` -> the composite input X (B, C, H, W).
+
+    ``grid_mask``: the operator mixes by a feature-grid mask (CutMix; r = the mask's share of cells and
+    split propagation applies); otherwise by a pixel weight r (MixUp; the adaptive ratio applies).
+    """
+
+    name: str
+    compose: Callable[..., torch.Tensor]
+    grid_mask: bool
+
+
+OPERATORS: dict[str, Operator] = {}
+
+
+def register_operator(op: Operator) -> Operator:
+    """Add an operator under its name; a second one of the same name is refused."""
+    if op.name in OPERATORS:
+        raise ValueError(f"mixing operator {op.name!r} is already registered")
+    OPERATORS[op.name] = op
+    return op
+
+
+register_operator(Operator("cutmix", lambda x1, x2, mask, r, stride: cutmix(x1, x2, mask, stride), grid_mask=True))
+register_operator(Operator("mixup", lambda x1, x2, mask, r, stride: mixup(x1, x2, r), grid_mask=False))
+
+
 def topk_hit(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Whether each label is among the top-k classes of its logits row. (N, K), (N,) -> (N,) bool."""
     k = min(k, logits.shape[1])
     return (logits.topk(k, dim=1).indices == labels.unsqueeze(1)).any(1)
-
-
-def composite_outputs(
-    model,
-    singles: torch.Tensor,
-    composites: torch.Tensor,
-    grid_mask: torch.Tensor | None,
-    split: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward pass over unmixed inputs and composites together.
-
-    Returns logits for the singles (S, K), for constituent 1 (P, K) and for constituent 2 (P, K). With
-    ``split`` each constituent's cells are pooled on their own (split propagation); otherwise both
-    constituents share the composite's logits.
-    """
-    s = singles.shape[0]
-    features = model.forward_features(torch.cat([singles, composites]) if s else composites)
-    if features.ndim == 2:  # no feature map (MixUp on an MLP): nothing to pool or split
-        logits = model.forward_head(features)
-        return logits[:s], logits[s:], logits[s:]
-    if split and composites.shape[0]:
-        p1, p2 = split_pool(features[s:], grid_mask)
-        logits = model.forward_head(torch.cat([features[:s].mean((2, 3)), p1, p2]))
-        p = p1.shape[0]
-        return logits[:s], logits[s : s + p], logits[s + p :]
-    logits = model.forward_head(features.mean((2, 3)))
-    return logits[:s], logits[s:], logits[s:]
-
-
-def mixed_batch_loss(
-    logits_single: torch.Tensor,
-    y_single: torch.Tensor,
-    logits1: torch.Tensor,
-    y1: torch.Tensor,
-    logits2: torch.Tensor,
-    y2: torch.Tensor,
-    r: torch.Tensor,
-    split: bool,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The mini-batch loss of METHOD.md and every sample's per-sample loss and correctness.
-
-    Loss = mean over inputs of each input's loss: CE for an unmixed sample, r*CE(.,y1) + (1-r)*CE(.,y2)
-    for a composite. Correct: argmax for unmixed samples and split constituents; top-2 of the shared
-    output for unsplit composites (MixUp, and CutMix without split propagation).
-    Returns (loss, {"single_loss", "single_correct", "loss1", "loss2", "correct1", "correct2"}).
-    """
-    ce_s = F.cross_entropy(logits_single.float(), y_single, reduction="none")
-    ce1 = F.cross_entropy(logits1.float(), y1, reduction="none")
-    ce2 = F.cross_entropy(logits2.float(), y2, reduction="none")
-    inputs = ce_s.shape[0] + ce1.shape[0]
-    loss = (ce_s.sum() + (r * ce1 + (1 - r) * ce2).sum()) / max(inputs, 1)
-    k = 1 if split else 2
-    parts = {
-        "single_loss": ce_s.detach(),
-        "single_correct": topk_hit(logits_single, y_single, 1),
-        "loss1": ce1.detach(),
-        "loss2": ce2.detach(),
-        "correct1": topk_hit(logits1, y1, k),
-        "correct2": topk_hit(logits2, y2, k),
-    }
-    return loss, parts

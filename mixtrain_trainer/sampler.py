@@ -2,7 +2,8 @@
 
 Shuffle S_mix and pair consecutive samples (an odd one out is trained unmixed); shuffle composites and
 singles together; cut into mini-batches of B inputs (a composite counts as one). Inside each mini-batch
-the singles come first, so the loop splits a batch with host-known counts and never syncs the device.
+the singles come first, so a batch splits with host-known counts and never syncs the device.
+Rivals that change the plan (minibatch-skip) do so in their own module (``rivals/``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class EpochPlan:
     bounds: list[int]
     singles: list[int]
     skipped: torch.Tensor  # (N,) bool: samples not trained this epoch
+    first_host: torch.Tensor | None = None  # the same positions on the CPU (for host-memory gathers)
+    second_host: torch.Tensor | None = None
 
     @property
     def num_inputs(self) -> int:
@@ -33,15 +36,26 @@ class EpochPlan:
     def num_batches(self) -> int:
         return len(self.singles)
 
-    def batches(self):
-        """Yield (first, second, n_single) per mini-batch; ``second`` covers the composites only."""
+    def batches(self, host: bool = False):
+        """Yield (first, second, n_single) per mini-batch; ``second`` covers the composites only.
+        ``host``: the CPU copies (slicing them costs no device transfer)."""
+        first, second = (self.first_host, self.second_host) if host else (self.first, self.second)
         for b, n_single in enumerate(self.singles):
             lo, hi = self.bounds[b], self.bounds[b + 1]
-            yield self.first[lo:hi], self.second[lo + n_single : hi], n_single
+            yield first[lo:hi], second[lo + n_single : hi], n_single
 
     def to(self, device) -> EpochPlan:
+        """The plan with its positions on ``device`` (one copy per epoch; pinned, so asynchronous) and
+        their CPU copies kept for host-side gathers."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
+        host_first, host_second = self.first_host, self.second_host
+        if device.type == "cuda":
+            host_first, host_second = host_first.pin_memory(), host_second.pin_memory()
         return dataclasses.replace(
-            self, first=self.first.to(device, non_blocking=True), second=self.second.to(device, non_blocking=True)
+            self, first=host_first.to(device, non_blocking=True), second=host_second.to(device, non_blocking=True),
+            first_host=host_first, second_host=host_second,
         )
 
 
@@ -50,13 +64,10 @@ def plan_epoch(
     batch_size: int,
     generator: torch.Generator,
     skip: torch.Tensor | None = None,
-    drop_batches: float = 0.0,
 ) -> EpochPlan:
     """Plan one epoch. mix, skip: (N,) bool on the CPU (S_mix, samples to leave out).
 
-    ``drop_batches`` (minibatch-skip): that share of the mini-batches is dropped, chosen at random; their
-    samples are marked skipped. Every other sample is trained exactly once.
-    Inputs = |S_noMix| + ceil(|S_mix| / 2) (before dropping).
+    Every sample not skipped is trained exactly once. Inputs = |S_noMix| + ceil(|S_mix| / 2).
     """
     mix, n = mix.cpu(), mix.shape[0]
     skip = torch.zeros(n, dtype=torch.bool) if skip is None else skip.cpu().clone()
@@ -69,22 +80,12 @@ def plan_epoch(
     first = torch.cat([single_ids, pool[0 : 2 * pairs : 2]])
     second = torch.cat([torch.full_like(single_ids, -1), pool[1 : 2 * pairs : 2]])
     order = torch.randperm(first.numel(), generator=generator)
-    first, second = first[order], second[order]
+    return layout(first[order], second[order], batch_size, skip)
 
+
+def layout(first: torch.Tensor, second: torch.Tensor, batch_size: int, skipped: torch.Tensor) -> EpochPlan:
+    """Cut shuffled inputs (first, second; CPU) into mini-batches of ``batch_size``, singles first in each."""
     starts = list(range(0, first.numel(), batch_size))
-    if drop_batches > 0 and starts:
-        keep = torch.rand(len(starts), generator=generator) >= drop_batches
-        keep_starts = [s for s, k in zip(starts, keep.tolist()) if k]
-        dropped = [s for s, k in zip(starts, keep.tolist()) if not k]
-        for s in dropped:
-            chunk = slice(s, s + batch_size)
-            skip[first[chunk]] = True
-            sec = second[chunk]
-            skip[sec[sec >= 0]] = True
-        kept = [torch.arange(s, min(s + batch_size, first.numel())) for s in keep_starts]
-        index = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64)
-        first, second = first[index], second[index]
-        starts = list(range(0, first.numel(), batch_size))
     # Singles first inside each batch: a stable sort on (batch, is composite) keeps the shuffled order.
     batch_of = torch.arange(first.numel()) // batch_size
     is_comp = second >= 0
@@ -92,4 +93,5 @@ def plan_epoch(
     first, second = first[order], second[order]
     singles = torch.bincount(batch_of[~is_comp], minlength=len(starts)).tolist()
     bounds = starts + [first.numel()]
-    return EpochPlan(first=first, second=second, bounds=bounds, singles=singles, skipped=skip)
+    return EpochPlan(first=first, second=second, bounds=bounds, singles=singles, skipped=skipped,
+                     first_host=first, second_host=second)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from mixtrain_trainer.config import RunConfig
-from mixtrain_trainer.loop import Trainer
+from mixtrain_trainer.trainer import Trainer
 
 COLUMNS = (
     ("epoch", "{:>5}", "epoch"),

@@ -1,4 +1,5 @@
-"""Variant name -> what it mixes, how, which selection rule decides, or which rival it runs (METHOD.md)."""
+"""Variant name -> what it mixes, how, which selection rule decides (``rules.RULES``), and which epoch
+strategy trains it (``strategy.STRATEGIES``: ``mixing`` unless the variant is a rival) (METHOD.md)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Literal
 @dataclasses.dataclass(frozen=True)
 class Variant:
     name: str
-    rule: str = "none"  # selection rule (policy.RULES)
+    rule: str = "none"  # selection rule (rules.RULES)
     operator: Literal["cutmix", "mixup"] | None = None
     split: bool = False  # CutMix: split propagation
     adaptive: bool = False  # MixUp: adaptive ratio
-    rival: Literal["selective-backprop", "stale-sb", "minibatch-skip", "input-scaling"] | None = None
+    rival: str | None = None  # the rival's epoch strategy (strategy.STRATEGIES); None: mixing
     final_nomix_fraction: float | None = None  # None: the run's policy.final_nomix_fraction
     description: str = ""
 
@@ -21,12 +22,24 @@ class Variant:
     def mixes(self) -> bool:
         return self.operator is not None
 
+    @property
+    def strategy(self) -> str:
+        """The epoch strategy that trains this variant."""
+        return self.rival or "mixing"
 
-def _v(*variants: Variant) -> dict[str, Variant]:
-    return {v.name: v for v in variants}
+
+VARIANTS: dict[str, Variant] = {}
 
 
-VARIANTS: dict[str, Variant] = _v(
+def register_variant(*variants: Variant) -> None:
+    """Add variants by name; a second variant of the same name is refused."""
+    for v in variants:
+        if v.name in VARIANTS:
+            raise ValueError(f"variant {v.name!r} is already registered")
+        VARIANTS[v.name] = v
+
+
+register_variant(
     Variant("baseline", description="plain SGD, no mixing"),
     Variant("naive-cutmix", "naive", "cutmix", description="all samples paired every epoch, CutMix r=0.5"),
     Variant("naive-mixup", "naive", "mixup", description="all samples paired every epoch, MixUp r=0.5"),

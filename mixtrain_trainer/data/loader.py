@@ -85,10 +85,14 @@ class ResidentSource:
             x = augment_batch(x, generator, self.flip)
         return self.normalise(x)
 
+    def _slice(self, images: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return images[lo:hi]
+
     def eval_batches(self, batch_size: int):
+        """Yield (images, labels) of the test split in order; slices, no index tensors: no host sync."""
         for lo in range(0, self.test.shape[0], batch_size):
-            idx = torch.arange(lo, min(lo + batch_size, self.test.shape[0]))
-            yield self.normalise(self._gather(self.test, idx)), self.test_labels[lo : lo + batch_size]
+            hi = min(lo + batch_size, self.test.shape[0])
+            yield self.normalise(self._slice(self.test, lo, hi)), self.test_labels[lo:hi]
 
     def epoch_batches(self, plan, generator: torch.Generator):
         """Yield (first, second, n_single, x_first, x_second) per mini-batch: positions and their images."""
@@ -103,11 +107,23 @@ class HostSource(ResidentSource):
     def _place(images: torch.Tensor, device, pin: bool) -> torch.Tensor:
         return images.pin_memory() if pin and torch.cuda.is_available() else images
 
-    def _gather(self, images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        batch = images[positions.cpu()]
-        if self.device.type == "cuda" and images.is_pinned():
-            batch = batch.pin_memory()
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and not batch.is_pinned():
+            batch = batch.pin_memory()  # a pinned source makes the copy asynchronous: no host wait
         return batch.to(self.device, non_blocking=True)
+
+    def _gather(self, images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``positions`` on the CPU (the plan's host copy): gathered here, then one asynchronous copy."""
+        return self._to_device(images[positions])
+
+    def _slice(self, images: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return self._to_device(images[lo:hi])
+
+    def epoch_batches(self, plan, generator: torch.Generator):
+        """As ``ResidentSource.epoch_batches``; images are gathered with the plan's CPU positions, so no
+        position ever travels back from the device."""
+        for (first, second, n_single), (first_h, second_h, _) in zip(plan.batches(), plan.batches(host=True)):
+            yield first, second, n_single, self.fetch(first_h, generator), self.fetch(second_h, generator)
 
 
 class _PlanBatches:

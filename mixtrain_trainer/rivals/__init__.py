@@ -1,5 +1,4 @@
-"""Rival speed-up methods that need their own epoch loop (Selective-Backprop, StaleSB).
+"""Rival speed-up methods, one epoch strategy each (interface: ``strategy.py``), registered by name:
+``selective-backprop``, ``stale-sb``, ``minibatch-skip``, ``input-scaling``."""
 
-Mini-batch skipping and input scaling need none: they are a planner option and an input transform of
-the ordinary loop (``sampler.plan_epoch(drop_batches=...)``, ``loop._downscale``).
-"""
+from mixtrain_trainer.rivals import input_scaling, minibatch_skip, selective_backprop, stale_sb  # noqa: F401

@@ -8,7 +8,7 @@ from trainer_helpers import tiny_config
 
 from mixtrain_trainer.config import RunConfig, load_run_config, validate_run_config
 from mixtrain_trainer.errors import ConfigError, DataError, MixtrainError
-from mixtrain_trainer.loop import Trainer
+from mixtrain_trainer.trainer import Trainer
 
 
 def _one_line(err) -> str:

@@ -16,7 +16,7 @@ from mixtrain_trainer.config import DatasetConfig
 from mixtrain_trainer.data import load_dataset, stratified_subset
 from mixtrain_trainer.errors import DataError
 from mixtrain_trainer.history import load_samples
-from mixtrain_trainer.loop import Trainer
+from mixtrain_trainer.trainer import Trainer
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -1,4 +1,4 @@
-"""Smaller parts of the loop: batch layout, input scaling, the LR schedule, variant resolution, trial ids and
+"""Smaller parts of the trainer: batch layout, input scaling, the LR schedule, variant resolution, trial ids and
 Selective-Backprop's selection rule."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from trainer_helpers import tiny_config
 from mixtrain_trainer.config import DatasetConfig
 from mixtrain_trainer.data import load_dataset
 from mixtrain_trainer.data.loader import ResidentSource
-from mixtrain_trainer.loop import _downscale, default_trial_id, learning_rate
+from mixtrain_trainer.rivals.input_scaling import downscale as _downscale
 from mixtrain_trainer.rivals.selective_backprop import select_by_percentile
+from mixtrain_trainer.schedule import learning_rate
+from mixtrain_trainer.trainer import default_trial_id
 from mixtrain_trainer.variants import VARIANTS, resolve_variant
 
 

@@ -1,12 +1,13 @@
-"""Split propagation (METHOD.md): each constituent's cells pooled on their own and classified on their own;
-unmixed samples in the same batch unaffected; gradients reach both constituents."""
+"""Split propagation (METHOD.md) in the fixed-shape pair step: each constituent's cells pooled on their own
+and classified on their own; unmixed samples (pairs whose constituent 1 owns every cell) in the same
+batch unaffected; gradients reach both constituents, and never a single's discarded second."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from mixtrain_trainer import mixing
+from mixtrain_trainer import mixing, step
 from mixtrain_trainer.models import create_model
 
 STRIDE, GRID = 4, (4, 4)
@@ -36,21 +37,29 @@ def test_split_pool_is_the_mean_over_each_constituents_cells():
         assert torch.allclose(p2[i], features[i][:, ~mask[i]].mean(1), atol=1e-6)
 
 
+def _slots(singles, composites, mask):
+    """A pair batch's inputs and masks: the singles own every cell, then the composites."""
+    x = torch.cat([singles, composites])
+    full = torch.ones(singles.shape[0], *GRID, dtype=torch.bool)
+    return x, torch.cat([full, mask])
+
+
 @torch.no_grad()
 def test_constituent_logits_are_the_head_on_hand_pooled_regions():
     model = _model()
     singles, x1, x2, mask = _batch()
     composites = mixing.cutmix(x1, x2, mask, STRIDE)
-    out_s, out1, out2 = mixing.composite_outputs(model, singles, composites, mask, split=True)
-    assert out_s.shape == (3, 10) and out1.shape == (2, 10) and out2.shape == (2, 10)
+    x, slot_mask = _slots(singles, composites, mask)
+    out1, out2 = step.pair_logits(model, x, slot_mask, split=True)
+    assert out1.shape == (5, 10) and out2.shape == (5, 10), "every slot is a pair: the head ran on 2B rows"
     features = model.forward_features(composites)  # (2, 16, 4, 4)
     assert features.shape[-2:] == GRID
     for i in range(2):
         own = features[i][:, mask[i]].mean(1)  # constituent 1: its 8 cells
         other = features[i][:, ~mask[i]].mean(1)  # constituent 2: the other 8
-        assert torch.allclose(out1[i], model.forward_head(own[None])[0], atol=1e-5)
-        assert torch.allclose(out2[i], model.forward_head(other[None])[0], atol=1e-5)
-    assert not torch.allclose(out1, out2, atol=1e-3), "split constituents get logits of their own"
+        assert torch.allclose(out1[3 + i], model.forward_head(own[None])[0], atol=1e-5)
+        assert torch.allclose(out2[3 + i], model.forward_head(other[None])[0], atol=1e-5)
+    assert not torch.allclose(out1[3:], out2[3:], atol=1e-3), "split constituents get logits of their own"
 
 
 @torch.no_grad()
@@ -58,10 +67,11 @@ def test_unmixed_samples_in_a_mixed_batch_get_the_same_logits_as_alone():
     model = _model()
     singles, x1, x2, mask = _batch()
     composites = mixing.cutmix(x1, x2, mask, STRIDE)
-    out_s, _, _ = mixing.composite_outputs(model, singles, composites, mask, split=True)
-    assert torch.allclose(out_s, model(singles), atol=1e-5)
-    alone, _, _ = mixing.composite_outputs(model, singles, composites[:0], None, split=True)
-    assert torch.allclose(out_s, alone, atol=1e-5)
+    x, slot_mask = _slots(singles, composites, mask)
+    out1, _ = step.pair_logits(model, x, slot_mask, split=True)
+    assert torch.allclose(out1[:3], model(singles), atol=1e-5)
+    alone, _ = step.pair_logits(model, *_slots(singles, composites[:0], mask[:0]), split=True)
+    assert torch.allclose(out1[:3], alone, atol=1e-5)
 
 
 @torch.no_grad()
@@ -69,10 +79,11 @@ def test_without_split_both_constituents_share_the_composites_logits():
     model = _model()
     singles, x1, x2, mask = _batch()
     composites = mixing.cutmix(x1, x2, mask, STRIDE)
-    out_s, out1, out2 = mixing.composite_outputs(model, singles, composites, mask, split=False)
+    x, slot_mask = _slots(singles, composites, mask)
+    out1, out2 = step.pair_logits(model, x, slot_mask, split=False)
     assert torch.equal(out1, out2)
-    assert torch.allclose(out1, model(composites), atol=1e-5)
-    assert torch.allclose(out_s, model(singles), atol=1e-5)
+    assert torch.allclose(out1[3:], model(composites), atol=1e-5)
+    assert torch.allclose(out1[:3], model(singles), atol=1e-5)
 
 
 def _cell_grad(grad: torch.Tensor) -> torch.Tensor:
@@ -84,18 +95,23 @@ def _cell_grad(grad: torch.Tensor) -> torch.Tensor:
 def test_gradients_reach_both_constituents_through_their_own_cells():
     model = _model().train()
     singles, x1, x2, mask = _batch()
-    x1.requires_grad_(True)
-    x2.requires_grad_(True)
-    composites = mixing.cutmix(x1, x2, mask, STRIDE)
-    out_s, out1, out2 = mixing.composite_outputs(model, singles, composites, mask, split=True)
-    y_s, y1, y2 = torch.tensor([0, 1, 2]), torch.tensor([3, 4]), torch.tensor([5, 6])
-    loss, _ = mixing.mixed_batch_loss(out_s, y_s, out1, y1, out2, y2, mixing.mask_ratio(mask), split=True)
+    slot_x1 = torch.cat([singles, x1]).requires_grad_(True)
+    slot_x2 = torch.cat([singles, x2]).requires_grad_(True)  # a single's second constituent: itself
+    _, slot_mask = _slots(singles, x1, mask)
+    composite = torch.tensor([False, False, False, True, True])
+    y1, y2 = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 1, 2, 5, 6])
+    spec = step.StepSpec(operator="cutmix", split=True, stride=STRIDE)
+    r = mixing.mask_ratio(slot_mask)
+    assert r.tolist() == [1.0, 1.0, 1.0, 0.5, 0.5]
+    loss = step.forward_loss(model, spec, slot_x1, slot_x2, slot_mask, r, y1, y2, torch.ones(5), composite)[0]
     loss.backward()
-    g1, g2 = _cell_grad(x1.grad), _cell_grad(x2.grad)
+    g1, g2 = _cell_grad(slot_x1.grad[3:]), _cell_grad(slot_x2.grad[3:])
     assert (g1[mask] > 0).all(), "every cell of constituent 1 gets a gradient"
     assert (g1[~mask] == 0).all(), "x1's pixels outside its box are not in the composite"
     assert (g2[~mask] > 0).all(), "every cell of constituent 2 gets a gradient"
     assert (g2[mask] == 0).all()
+    assert (slot_x1.grad[:3].abs().sum((1, 2, 3)) > 0).all(), "singles train"
+    assert (slot_x2.grad[:3] == 0).all(), "a single's second constituent contributes nothing"
 
 
 def test_each_constituents_error_reaches_the_feature_map_only_at_its_own_cells():

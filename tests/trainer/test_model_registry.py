@@ -8,8 +8,8 @@ from trainer_helpers import tiny_config
 
 from mixtrain_trainer.errors import ConfigError, MixtrainError
 from mixtrain_trainer.history import load_samples
-from mixtrain_trainer.loop import Trainer
-from mixtrain_trainer.models import MODELS, create_model
+from mixtrain_trainer.models import MODELS, NO_FEATURE_MAP, create_model
+from mixtrain_trainer.trainer import Trainer
 
 CLASSES = 7
 IMAGENET_SIZED = {"tv_resnet18", "tv_resnet34", "tv_resnet50", "tv_mobilenet_v2", "vit_b_16"}
@@ -75,11 +75,17 @@ def test_expected_strides():
 
 
 def test_mlp_cannot_be_split_and_cutmix_variants_refuse_it(tmp_path):
+    """The configuration refuses CutMix on a model without a feature map, for every CutMix variant and for
+    an operator override, before anything is built (the Trainer has no second check to fall back on)."""
     assert not create_model("mlp", 10, (3, 16, 16)).can_split
-    with pytest.raises(ConfigError, match="mlp") as err:
-        Trainer(tiny_config(tmp_path, "mixtrain-cutmix", model="mlp"))
-    assert "\n" not in str(err.value)
-    assert isinstance(err.value, MixtrainError)
+    assert "mlp" in NO_FEATURE_MAP
+    for variant, operator in (("mixtrain-cutmix", None), ("naive-cutmix", None), ("mixtrain-mixup", "cutmix")):
+        with pytest.raises(ConfigError) as err:
+            tiny_config(tmp_path, variant, model="mlp", operator=operator)
+        text = str(err.value)
+        assert "\n" not in text and isinstance(err.value, MixtrainError)
+        assert text.startswith("run config: model: 'mlp' gives no feature map"), text
+    tiny_config(tmp_path, "mixtrain-cutmix", model="mlp", operator="mixup")  # MixUp is fine
 
 
 def test_mlp_trains_with_mixup(tmp_path):

@@ -11,7 +11,7 @@ from trainer_helpers import N_TRAIN, frames_equal, tiny_config
 
 from mixtrain_trainer.errors import MixtrainError, NonFiniteLossError
 from mixtrain_trainer.history import load_epochs, load_samples
-from mixtrain_trainer.loop import Trainer
+from mixtrain_trainer.trainer import Trainer
 
 COMPARED = [
     "epoch",

@@ -1,4 +1,4 @@
-"""The epoch planner (METHOD.md, "Forming an epoch"): ``sampler.plan_epoch``."""
+"""The epoch planner (METHOD.md, "Forming an epoch"): ``sampler.plan_epoch``; minibatch-skip's ``drop_batches``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from mixtrain_trainer.rivals.minibatch_skip import drop_batches
 from mixtrain_trainer.sampler import plan_epoch
 
 
@@ -80,7 +81,7 @@ def test_minibatch_skip_drops_whole_batches_and_marks_their_samples_skipped():
     n, batch_size = 100, 10
     mix = _mask(n, range(0, 40))
     full = plan_epoch(mix, batch_size, torch.Generator().manual_seed(5))
-    dropped = plan_epoch(mix, batch_size, torch.Generator().manual_seed(5), drop_batches=0.5)
+    dropped = drop_batches(full, 5, batch_size, torch.Generator().manual_seed(5))
     # the same shuffle: each kept batch is one of the full plan's batches (same inputs)
     batch_sets = [
         frozenset(zip(f.tolist(), full.second[lo : lo + f.numel()].tolist()))
@@ -90,7 +91,7 @@ def test_minibatch_skip_drops_whole_batches_and_marks_their_samples_skipped():
         frozenset(zip(f.tolist(), dropped.second[lo : lo + f.numel()].tolist()))
         for f, lo in zip((f for f, _, _ in dropped.batches()), dropped.bounds)
     ]
-    assert 0 < len(kept) < len(batch_sets)
+    assert len(batch_sets) == 8 and len(kept) == 3, "exactly the asked number of the 8 batches is dropped"
     assert all(k in batch_sets for k in kept)
     trained = _trained(dropped)
     assert trained.unique().numel() == trained.numel()
@@ -117,9 +118,12 @@ def test_all_samples_skipped_gives_an_empty_plan():
 
 def test_plan_is_deterministic_for_a_seeded_generator():
     mix = _mask(41, range(3, 30))
-    a = plan_epoch(mix, 8, torch.Generator().manual_seed(7), drop_batches=0.25)
-    b = plan_epoch(mix, 8, torch.Generator().manual_seed(7), drop_batches=0.25)
-    c = plan_epoch(mix, 8, torch.Generator().manual_seed(8), drop_batches=0.25)
+
+    def plan(seed):
+        g = torch.Generator().manual_seed(seed)
+        return drop_batches(plan_epoch(mix, 8, g), 1, 8, g)
+
+    a, b, c = plan(7), plan(7), plan(8)
     assert torch.equal(a.first, b.first) and torch.equal(a.second, b.second)
     assert a.bounds == b.bounds and a.singles == b.singles and torch.equal(a.skipped, b.skipped)
     assert not (torch.equal(a.first, c.first) and torch.equal(a.second, c.second))

@@ -12,7 +12,7 @@ import pytest
 from trainer_helpers import N_TRAIN, tiny_config
 
 from mixtrain_trainer.history import load_epochs, load_samples
-from mixtrain_trainer.loop import Trainer
+from mixtrain_trainer.trainer import Trainer
 from mixtrain_trainer.variants import VARIANTS
 
 SAMPLE_COLUMNS = {
