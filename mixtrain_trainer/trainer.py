@@ -207,7 +207,7 @@ class Trainer:
             record["step"] = {"compiled": self.step.is_compiled, "compile_mode": self.step.mode,
                               "compile_seconds": self.step.compile_seconds}
             for epoch in range(self.start_epoch, self.cfg.trained_epochs):
-                self._run_epoch(epoch)
+                self.run_epoch(epoch)
         except NonFiniteLossError as err:
             self.history.write_trial({**record, "status": "failed", "error": str(err), "retry": False})
             raise
@@ -230,7 +230,8 @@ class Trainer:
             "compile_seconds": self.step.compile_seconds,
         }
 
-    def _run_epoch(self, epoch: int) -> None:
+    def run_epoch(self, epoch: int) -> None:
+        """Train, decide, evaluate and record epoch ``epoch`` (``fit`` runs them all in order)."""
         dbg = self.cfg.debug
         if dbg.crash_once_at_epoch == epoch:
             marker = self.history.sweep_dir / "debug" / f"{self.trial_id}.crashed-{epoch}"

@@ -242,6 +242,21 @@ def test_threshold_accuracy_mixes_the_samples_correct_when_unmixed():
     assert mix_next(p) == [F, T, F, F]  # the loss plays no part, only correctness
 
 
+def test_threshold_accuracy_keeps_mixing_a_sample_mixed_and_correct_in_e():
+    """METHOD.md: mix exactly the samples correct in E, by how each was trained in E: a constituent that
+    was mixed and correct (the operator's rule) is mixed again; unmixed ones by argmax; losses play no part."""
+    p = AmenabilityPolicy("threshold-accuracy", 4, 1, "cpu")
+    step(p, [0.1, 0.2, 3.0, 4.0], [T, T, F, F])
+    assert mix_next(p) == [T, T, F, F]
+    # epoch 1: 0 and 1 a composite; 0 correct as a constituent (high loss), 1 not; 3 correct unmixed
+    step(p, [7.0, 0.1, 3.0, 4.0], [T, F, F, T], mixed=[T, T, F, F])
+    assert mix_next(p) == [T, F, F, T]
+    assert paths(p) == ["accuracy", "", "", "accuracy"]
+    # epoch 2: 0 and 3 a composite, both correct: both stay mixed
+    step(p, [5.0, 0.1, 0.1, 6.0], [T, F, F, T], mixed=[T, F, F, T])
+    assert mix_next(p) == [T, F, F, T]
+
+
 def test_threshold_avgloss_mixes_below_the_cumulative_mean_unmixed_loss():
     p = AmenabilityPolicy("threshold-avgloss", 4, 1, "cpu")
     _, th = step(p, [1.0, 2.0, 3.0, 6.0], [T, T, F, F])  # epoch 0: no mean yet: nothing mixed

@@ -139,8 +139,35 @@ def test_variant_writes_a_valid_history(runs, name):
         assert not s["skipped"].any()
         assert e["n_inputs"].tolist() == (N_TRAIN - e["n_mixed"] // 2).tolist()
 
+    # cost accounting: forward-only inputs (Selective-Backprop's selection; StaleSB refreshes at epoch 0)
+    if v.rival == "selective-backprop":
+        assert (e["n_forward"] == N_TRAIN).all()
+    elif v.rival == "stale-sb":
+        assert e["n_forward"].tolist() == [N_TRAIN] + [0] * (n_epochs - 1)  # staleness 3
+    else:
+        assert (e["n_forward"] == 0).all()
+    if v.rival == "minibatch-skip":  # 8 batches of 16: exactly round(0.3 x 8) = 2 dropped every epoch
+        assert (e["n_skipped"] == 32).all() and (e["n_inputs"] == N_TRAIN - 32).all()
+    # next epoch's S_mix by path, and skips: Region 3 counts only entrants into S_mix
+    for epoch, rows in s.groupby("epoch"):
+        row = e.set_index("epoch").loc[epoch]
+        assert row["n_next_region1"] == int((rows["mix_next"] & (rows["mix_path"] == "region1")).sum())
+        assert row["n_next_region3"] == int((rows["mix_next"] & (rows["mix_path"] == "region3")).sum())
+        assert row["n_next_region1"] + row["n_next_region3"] <= row["n_mix_next"]
+        to_skip = int((~rows["mix_next"] & (rows["mix_path"] == "region3")).sum())
+        assert row["n_next_skip"] == (to_skip if name == "skip-region3" else 0)
+    # what the epoch used of the machine: host memory always, GPU fields only on CUDA
+    assert (e["rss_mb"] > 10).all()
+    assert e["peak_gpu_mem_mb"].isna().all() and e["gpu_util"].isna().all()
+
     trial_record = json.loads((root / cfg.name / "trials" / f"{trial}.json").read_text())
     assert trial_record["status"] == "done" and trial_record["variant"] == name
+    method = trial_record["method"]
+    assert method["rule"] == v.rule and method["strategy"] == (v.rival or "mixing")
+    assert ("policy_region_ties" in method) == (v.rule not in ("none", "naive"))
+    if v.operator == "cutmix":
+        assert method["split_propagation"] is v.split and "odd_grid_r" in method
+    assert trial_record["step"] == {"compiled": False, "compile_mode": None, "compile_seconds": 0.0}
     assert final["epochs"] == n_epochs and final["total_inputs"] == int(e["n_inputs"].sum())
 
 
