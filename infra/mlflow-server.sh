@@ -344,9 +344,13 @@ cmd_up() {
     # MLflow >= 3.5 also spawns a job runner with ~7 huey consumer processes (GenAI
     # jobs; >1 GB RSS). Off unless the caller sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION.
     # The auth app's settings reach only the server's environment (no password on a command line).
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
-    MLFLOW_AUTH_CONFIG_PATH="$DATA/basic_auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$admin_pw" \
-    MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$DATA/flask-secret" 2>/dev/null || true)" \
+    # (set only with --auth: MLflow reads MLFLOW_AUTH_CONFIG_PATH in other code paths too)
+    local auth_env=()
+    if [[ "$auth" == 1 ]]; then
+        auth_env=(MLFLOW_AUTH_CONFIG_PATH="$DATA/basic_auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$admin_pw"
+                  MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$DATA/flask-secret")")
+    fi
+    env "${auth_env[@]}" MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
     setsid "$MLFLOW_BIN" server \
         --backend-store-uri "postgresql+psycopg://mlflow@127.0.0.1:$pg_port/mlflow" \
         --artifacts-destination "$DATA/artifacts" --serve-artifacts \
