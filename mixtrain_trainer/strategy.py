@@ -12,6 +12,9 @@ in ``variants.Variant.strategy`` (its ``rival``, else ``"mixing"``). The trainer
         records every sample's row with ``outcome.record_batch`` / ``record_forward``, and returns the
         Outcome with ``skipped``, ``n_inputs``, ``n_forward`` and ``lr`` set. No host sync inside the
         epoch unless the method needs one (Selective-Backprop's "is a full batch selected?").
+    strategy.plan_ahead(epoch) -> EpochPlan | None  builds ``epoch``'s plan now (on the device), right after
+                                                  the policy decided it, and trains on that very plan
+                                                  next; None: this strategy plans inside its epoch
     strategy.state_dict() / load_state_dict(state)  what a resumed run needs besides model and policy
     strategy.method_choices() -> dict              choices the run made where METHOD.md is silent
                                                   (written to the trial record under ``method``)
@@ -77,6 +80,9 @@ class EpochStrategy:
     def train_epoch(self, epoch: int) -> Outcome:
         raise NotImplementedError
 
+    def plan_ahead(self, epoch: int) -> EpochPlan | None:
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -104,6 +110,7 @@ class MixingStrategy(EpochStrategy):
 
     def __init__(self, trainer):
         super().__init__(trainer)
+        self._ahead = None  # (epoch, plan) built by plan_ahead
         v = trainer.variant
         self.operator = OPERATORS[v.operator] if v.operator else None
         if self.operator is not None and self.operator.grid_mask:
@@ -153,6 +160,15 @@ class MixingStrategy(EpochStrategy):
         mix, skip = self.mix_set(epoch)
         return plan_epoch(mix, self.t.cfg.batch_size, self.t.generators["plan"], skip=skip)
 
+    def plan_ahead(self, epoch: int) -> EpochPlan:
+        self._ahead = (epoch, self.plan(epoch).to(self.t.device))
+        return self._ahead[1]
+
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """The plan built by ``plan_ahead(epoch)``, else a new one (on the device)."""
+        ahead, self._ahead = self._ahead, None
+        return ahead[1] if ahead is not None and ahead[0] == epoch else self.plan(epoch).to(self.t.device)
+
     def slot_weights(self, epoch: int, first: torch.Tensor) -> torch.Tensor | None:
         """The loss weight of each slot (B,), or None for 1 everywhere."""
         return None
@@ -191,13 +207,12 @@ class MixingStrategy(EpochStrategy):
     def train_epoch(self, epoch: int) -> Outcome:
         t, cfg = self.t, self.t.cfg
         t.model.train()
-        plan = self.plan(epoch)
+        plan = self.epoch_plan(epoch)
         out = Outcome.empty(t.data.num_train, t.device)
         poison = cfg.debug.nonfinite_at_epoch == epoch
         lr = learning_rate(cfg, epoch)
         batches = plan.num_batches
-        for step, (first, second, n_s, x1, x2c) in enumerate(t.source.epoch_batches(plan.to(t.device),
-                                                                                    t.generators["device"])):
+        for step, (first, second, n_s, x1, x2c) in enumerate(t.source.epoch_batches(plan, t.generators["device"])):
             batch, ids2 = self.pair_batch(epoch, first, second, n_s, x1, x2c, out.spare)
             lr = learning_rate(cfg, epoch + step / max(batches, 1))
             result = t.step.train_step(batch, step, batches, lr, poison)

@@ -107,6 +107,7 @@ class Trainer:
         self.epoch_rows: list[dict] = []
         self.start_epoch = 0
         self.total_seconds = 0.0
+        self._plan_rng = None  # the plan generator before the next plan was built early (prefetch_next)
 
         self.strategy = make_strategy(self.variant.strategy, self)
         mode = compile_mode(cfg.compile, self.device, cfg.grad_accum)
@@ -143,13 +144,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self, next_epoch: int) -> dict:
+        rng = rng_state(self.generators)
+        if self._plan_rng is not None:  # the next plan was built early (prefetch_next)
+            rng["plan"] = self._plan_rng
         return {
             "next_epoch": next_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "policy": self.policy.state_dict(),
-            "rng": rng_state(self.generators),
+            "rng": rng,
             "epoch_rows": self.epoch_rows,
             "total_seconds": self.total_seconds,
             "strategy": self.strategy.state_dict(),
@@ -257,6 +261,7 @@ class Trainer:
         observed = ~torch.isnan(loss)  # skipped samples have no new loss: carry the last one
         loss = torch.where(observed, loss, self.policy.last_loss)
         region, th = self.policy.step(loss, out.rows("correct"), out.rows("mixed"), observed)
+        self.prefetch_next(epoch + 1)
         policy_seconds = time.perf_counter() - t1
         test_acc, test_top5, test_loss = self.evaluate()
 
@@ -303,6 +308,19 @@ class Trainer:
         if self.on_epoch_end:
             self.on_epoch_end({**row, "total_train_seconds": self.total_seconds,
                                "checkpoint_dir": str(self.checkpoint_dir), "trial_id": self.trial_id})
+
+    def prefetch_next(self, epoch: int) -> None:
+        """A streamed source starts reading ``epoch``'s batches now (while this epoch is evaluated and
+        recorded): its plan is built here, after the policy decided it, and trained on next. The checkpoint
+        keeps the plan generator as it was before, so a resume builds the same plan again."""
+        self._plan_rng = None
+        if not hasattr(self.source, "prefetch") or epoch >= self.cfg.trained_epochs:
+            return
+        rng = self.generators["plan"].get_state()
+        plan = self.strategy.plan_ahead(epoch)
+        if plan is not None:
+            self._plan_rng = rng
+            self.source.prefetch(plan)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float, float]:

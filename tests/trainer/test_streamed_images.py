@@ -220,3 +220,50 @@ def test_skip_bad_images_counts_and_leaves_them_out(tmp_path, mode):
     # or with its partner (a composite needs both)
     assert len(rows) == 13 and rows.loss.notna().sum() in (11, 12)
     assert math.isfinite(final["final_test_acc"])
+
+
+# ------------------------------------------------------------------ the trainer's prefetch
+
+
+def test_trainer_prefetches_the_plan_it_trains_on_and_resume_equals_the_whole_run(tmp_path):
+    """After epoch E's policy step the trainer builds E+1's plan and hands it to ``prefetch``; epoch E+1
+    then trains on that very plan (the prefetched reads). A resume (whose checkpoint rewinds the plan
+    generator to before the early plan) equals the uninterrupted run."""
+    _jpeg_tree(tmp_path / "imgs", per_class=(8, 3))
+    data = {"name": "imagefolder", "root": str(tmp_path / "imgs"), "num_workers": 1, "image_size": 32,
+            "augment": False}
+    cfg = tiny_config(tmp_path / "a", "mixtrain-cutmix", epochs=3, batch_size=4, dataset=data)
+    trainer = Trainer(cfg)
+    source, prefetched, trained = trainer.source, [], []
+    real_prefetch, real_batches = source.prefetch, source.epoch_batches
+
+    def prefetch(plan):
+        prefetched.append((plan, plan.first.tolist(), plan.second.tolist()))
+        real_prefetch(plan)
+
+    def epoch_batches(plan, generator):
+        waiting = source._prefetched is not None and source._prefetched[0] is plan
+        trained.append((plan, waiting, [(f.tolist(), s.tolist()) for f, s, _ in plan.batches()]))
+        return real_batches(plan, generator)
+
+    source.prefetch, source.epoch_batches = prefetch, epoch_batches
+    trainer.fit()
+    assert len(prefetched) == 2  # for epochs 1 and 2; nothing after the last epoch
+    for (plan, first, second), (used, waiting, batches) in zip(prefetched, trained[-2:]):
+        assert used is plan and waiting  # trained from the prefetched reads
+        assert [p for f, _ in batches for p in f] == first
+        assert [p for _, s in batches for p in s] == [p for p in second if p >= 0]
+    assert source._prefetched is None
+
+    broken = tiny_config(tmp_path / "b", "mixtrain-cutmix", epochs=3, batch_size=4, dataset=data,
+                         debug__crash_once_at_epoch=2)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        Trainer(broken).fit()
+    resumed = Trainer(broken)
+    resumed.fit(resume=True)
+    a = load_samples(cfg.storage.root, cfg.name, trials=[trainer.trial_id]).sort_values(["epoch", "sample_id"])
+    b = load_samples(broken.storage.root, broken.name, trials=[resumed.trial_id]).sort_values(["epoch", "sample_id"])
+    assert len(a) == len(b) == 3 * 16
+    for col in ("partner_id", "mixed", "mix_next", "region"):
+        assert (a[col].to_numpy() == b[col].to_numpy()).all(), col
+    assert np.allclose(a["loss"].to_numpy(), b["loss"].to_numpy(), equal_nan=True)
