@@ -12,6 +12,7 @@ Targets on the 2-core machine at 1.28 M x 90 x 2: write < 1.5 s; every figure < 
     python bench/history_scale.py                                  # 1.28 M samples x 90 epochs x 2 trials
     python bench/history_scale.py --samples 100000 --epochs 10     # a quick run
     python bench/history_scale.py --reuse                          # measure again on a history already written
+    python bench/history_scale.py --figures fig7_mix_fraction_by_path.png   # write, then time one figure
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("/tmp/mixtrain-history-scale"))
     p.add_argument("--reuse", action="store_true", help="measure on the history already under --root")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--figures", nargs="+", metavar="NAME",
+                   help="time only these figures (names from orchestrate.figures.FIGURES), not the policy step")
     p.add_argument("--_policy", type=int, help=argparse.SUPPRESS)
     p.add_argument("--_figure", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -221,6 +224,9 @@ def main() -> None:
 
     from orchestrate.figures import FIGURES
 
+    unknown = sorted(set(args.figures or []) - set(FIGURES))
+    if unknown:
+        p.error(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
     result = {"samples": args.samples, "epochs": args.epochs, "trials": args.trials, "root": str(args.root),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
               "cuda": torch.cuda.is_available()}
@@ -229,9 +235,10 @@ def main() -> None:
     else:
         print(f"writing {args.trials} x {args.epochs} x {args.samples:,} rows under {args.root}", flush=True)
         result["write"] = generate(args.root, args.samples, args.epochs, args.trials)
-    result["policy_step"] = in_subprocess(["--_policy", str(args.samples)])
+    if not args.figures:
+        result["policy_step"] = in_subprocess(["--_policy", str(args.samples)])
     result["figures"] = {}
-    for name in FIGURES:
+    for name in args.figures or FIGURES:
         r = in_subprocess(["--root", str(args.root), "--_figure", name])
         result["figures"][name] = r
         print(f"  {name}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)

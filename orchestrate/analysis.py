@@ -385,23 +385,49 @@ def _query(root, sweep: str, trials, sql: str, params: dict | None = None) -> pd
 
 
 def mix_fraction_by_path_from_files(root, sweep: str, trials=None) -> pd.DataFrame:
-    """``mix_fraction_by_path`` computed by DuckDB over the sample files (5 columns read)."""
-    sql = """
-        SELECT trial, epoch,
-               avg((mix_next AND coalesce(mix_path, '') = 'region1')::DOUBLE) AS next_region1,
-               avg((mix_next AND coalesce(mix_path, '') = 'region3')::DOUBLE) AS next_region3,
-               avg((mix_next AND coalesce(mix_path, '') NOT IN ('region1', 'region3'))::DOUBLE) AS next_other,
-               avg(mix_next::DOUBLE) AS next_total,
-               avg(mixed::DOUBLE) AS mixed,
-               avg(coalesce(skipped, false)::DOUBLE) AS skipped,
-               count(*) AS n_samples
-        FROM {samples} GROUP BY trial, epoch ORDER BY trial, epoch"""
-    out = _query(root, sweep, trials, sql)
+    """``mix_fraction_by_path`` from an epoch-by-epoch scan with Arrow (``mix_next``, ``mix_path`` as a
+    dictionary, ``mixed``, ``skipped``): counts per epoch file, no query engine (DuckDB's group-by over the
+    string column cost ~40% more CPU at 1.28 M x 90 x 2)."""
     cols = ["trial", "epoch", "next_region1", "next_region3", "next_other", "next_total", "mixed", "skipped",
             "n_samples"]
-    if out is None:
-        return pd.DataFrame(columns=cols)
-    return out.astype({"epoch": int, "n_samples": int})[cols]
+    rows = []
+    for trial, parts in _partitions(root, sweep, trials).items():
+        for epoch, path in parts:
+            c = _path_counts(path)
+            n = c.pop("n_samples")
+            rows.append({"trial": trial, "epoch": epoch, **{k: v / n if n else np.nan for k, v in c.items()},
+                         "n_samples": n})
+    return pd.DataFrame(rows, columns=cols).astype({"epoch": int, "n_samples": int})
+
+
+def _path_counts(path: str) -> dict[str, int]:
+    """One sample file's counts for ``mix_fraction_by_path``: mix_next by path (null path: other), mixed,
+    skipped (absent or null: False) and rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(path).names)
+    wanted = [c for c in ("mix_next", "mix_path", "mixed", "skipped") if c in names]
+    table = pq.read_table(path, columns=wanted, read_dictionary=["mix_path"] if "mix_path" in names else None)
+    table = table.unify_dictionaries()  # one dictionary over the row groups
+
+    def count(mask) -> int:
+        return int(pc.sum(pc.fill_null(mask, False)).as_py() or 0)
+
+    nxt = pc.fill_null(table.column("mix_next"), False)
+    total = count(nxt)
+    by_path = {"region1": 0, "region3": 0}
+    if "mix_path" in names:
+        arr = table.column("mix_path").combine_chunks()
+        dictionary = arr.dictionary.to_pylist()
+        for name in by_path:
+            if name in dictionary:
+                by_path[name] = count(pc.and_(nxt, pc.equal(arr.indices, dictionary.index(name))))
+    return {"next_region1": by_path["region1"], "next_region3": by_path["region3"],
+            "next_other": total - by_path["region1"] - by_path["region3"], "next_total": total,
+            "mixed": count(table.column("mixed")),
+            "skipped": count(table.column("skipped")) if "skipped" in names else 0,
+            "n_samples": table.num_rows}
 
 
 def lmid_separation_from_files(root, sweep: str, trials=None) -> pd.DataFrame:
