@@ -100,12 +100,12 @@ def test_mlflow_server_on_postgres_has_the_sweep(cluster_sweep):
         assert run.data.metrics["final_test_acc"] == pytest.approx(mine.test_acc.iloc[-1])
 
 
-def _chromium(binary: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _chromium(binary: str, *args: str, timeout: float = 120, budget_ms: int = 15000) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="mxchrome-") as profile:
         return subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-             f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args],
+             f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args],
             capture_output=True, timeout=timeout, check=False,
         )
 
@@ -115,11 +115,11 @@ def _page_text(dom: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
 
-def _dump_until(binary: str, url: str, wanted: list[str], attempts: int = 3) -> str:
+def _dump_until(binary: str, url: str, wanted: list[str], attempts: int = 3, budget_ms: int = 15000) -> str:
     """The rendered page's text; retried while the React app has not shown every wanted string yet."""
     text = ""
     for _ in range(attempts):
-        done = _chromium(binary, "--dump-dom", url)
+        done = _chromium(binary, "--dump-dom", url, timeout=240, budget_ms=budget_ms)
         text = _page_text(done.stdout.decode(errors="replace"))
         if all(w in text for w in wanted):
             return text
@@ -176,7 +176,7 @@ def test_mlflow_ui_opens_as_model_training_with_every_trials_charts(cluster_swee
     assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
     url = runs_url(cluster_sweep["uri"], exp.experiment_id)
     names = [r.info.run_name for r in children]
-    text = _dump_until(binary, url, [*names, "Model metrics", "Step"])
+    text = _dump_until(binary, url, [*names, "Model metrics", "Step"], budget_ms=60000)  # charts load late
     assert "Model training" in text and "Evaluation runs" not in text, text[:3000]  # not the GenAI side bar
     for name in names:
         assert name in text, f"{name!r} not on the page: {text[:3000]}"
@@ -189,7 +189,9 @@ def test_mlflow_ui_opens_as_model_training_with_every_trials_charts(cluster_swee
     charts = it.ARTIFACTS / "mlflow-ui-charts.png"
     it.ARTIFACTS.mkdir(exist_ok=True)
     charts.unlink(missing_ok=True)
-    shot = _chromium(binary, f"--screenshot={charts}", "--window-size=1400,900", "--hide-scrollbars", url)
+    # the charts load their data after the page: a longer (virtual) wait than the table needs
+    shot = _chromium(binary, f"--screenshot={charts}", "--window-size=1400,900", "--hide-scrollbars", url,
+                     timeout=240, budget_ms=60000)
     assert charts.is_file(), shot.stderr.decode(errors="replace")[-2000:]
     with Image.open(charts) as image:
         image.load()
