@@ -63,6 +63,9 @@ def test_quickstart_smoke_end_to_end(ray_local, tmp_path):
         percent = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_acc_pct")}
         assert percent == pytest.approx({k: 100 * v for k, v in fraction.items()})
         assert all(0 <= v <= 1 for v in fraction.values())
+        rss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "rss_mb")}  # resources
+        assert sorted(rss) == list(range(trained[run.data.tags["trial_id"]])) and min(rss.values()) > 10
+        assert "peak_gpu_mem_mb" not in run.data.metrics  # a CPU machine: only what it has
     samples = load_samples(root, "quickstart", columns=["sample_id"])
     per = samples.groupby(["trial", "epoch"]).size()
     assert set(per.values) == {256} and len(per) == sum(trained.values())
