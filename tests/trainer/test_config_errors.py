@@ -72,13 +72,17 @@ def test_run_file_with_overrides(tmp_path):
     assert cfg.optimizer.lr == 0.1
 
 
-def test_bad_override_names_the_file_and_key(tmp_path):
+def test_bad_override_names_the_override_and_key(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("variant: baseline\n")
     with pytest.raises(ConfigError) as err:
         load_run_config(path, ["epochs=-2"])
-    text = _one_line(err)
-    assert str(path) in text and "epochs" in text
+    text = _one_line(err)  # the bad value came from the --set, not from the file: the --set is blamed
+    assert text.startswith("--set epochs=-2: epochs:") and "greater than 0" in text
+    path.write_text("epochs: -2\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path, [])
+    assert str(path) in _one_line(err) and "epochs" in str(err.value), "a bad value in the file names the file"
     with pytest.raises(ConfigError) as err:
         load_run_config(path, ["epochs"])
     assert "key=value" in _one_line(err)
