@@ -104,8 +104,8 @@ def worker_loop(config: dict) -> None:
     import ray
     import ray.train
     import torch
-    from mixtrain_trainer.trainer import Trainer
 
+    from mixtrain_trainer.trainer import Trainer
     from orchestrate.runner import trial_threads
 
     cfg, trial_id, labels = resolve_trial(config)
