@@ -37,6 +37,7 @@ class DatasetConfig(_Strict):
     device_resident: Literal["auto", "yes", "no"] = "auto"  # keep uint8 images on the training device
     num_workers: int = Field(4, ge=0)  # imagefolder decoding workers
     decode: Literal["auto", "workers", "device"] = "auto"  # imagefolder: auto = device (GPU) on CUDA
+    stream: bool = False  # parquet: stream encoded bytes by row groups (as imagefolder) instead of decoding into memory
     skip_bad_images: bool = False  # imagefolder: leave out (and count) unreadable images instead of stopping
     cache_dir: str | None = None  # decoded uint8 cache; None: $MIXTRAIN_CACHE or ~/.cache/mixtrain
 

@@ -15,6 +15,7 @@ A file that cannot be read or decoded stops the run with one line naming it (``D
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class StreamedImages:
 
     def dataset(self, train: bool):
         """Workers decode: index -> (uint8 (3, S, S) tensor or None, error or "")."""
-        return _Decoded(self.paths(train), self._transform(train))
+        return _Decoded(self.encoded(train), self._transform(train))
 
     def encoded(self, train: bool):
         """Workers read bytes only: index -> (1-D uint8 tensor or None, error or "")."""
@@ -81,19 +82,23 @@ def _reason(err: Exception) -> str:
 
 class _Decoded:
     """Map-style data set: index -> (uint8 CHW tensor, "") or (None, why it failed); labels travel
-    separately, by index. Failures are returned, not raised, so the main process reports them in one line."""
+    separately, by index. Failures are returned, not raised, so the main process reports them in one line.
+    ``encoded``: a data set of encoded bytes (``_Encoded``, or rows of a Parquet table)."""
 
-    def __init__(self, paths: list[str], transform):
-        self.paths, self.transform = paths, transform
+    def __init__(self, encoded, transform):
+        self.encoded, self.transform = encoded, transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.encoded)
 
     def __getitem__(self, index: int):
         from PIL import Image, UnidentifiedImageError
 
+        data, error = self.encoded[index]
+        if error:
+            return None, error
         try:
-            with Image.open(self.paths[index]) as im:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
                 return self.transform(im.convert("RGB")), ""
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # PIL's decode errors
             return None, _reason(err)

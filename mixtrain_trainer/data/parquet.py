@@ -1,11 +1,16 @@
 """Parquet image tables: an encoded-image column (JPEG/PNG bytes) and an integer label column.
 
 Layouts: ``root/train.parquet`` + ``root/test.parquet``, or ``root/train/*.parquet`` + ``root/test/*.parquet``
-(``val`` is accepted for ``test``). Decoded once into uint8 arrays and cached.
+(``val`` is accepted for ``test``). Decoded once into uint8 arrays and cached, or, with ``dataset.stream:
+true`` (tables too large to hold), streamed like ``imagefolder``: workers read the encoded bytes of the row
+group that holds each image (keeping the last few row groups), then decode and augment them on the CPU or
+the device (``dataset.decode``), random resized crops of ``image_size`` with ImageNet normalisation.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import io
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from mixtrain_trainer.data.bundle import (
     file_fingerprint,
     require_path,
 )
+from mixtrain_trainer.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, StreamedImages
 from mixtrain_trainer.errors import DataError
 
 _LABEL_NAMES = ("label", "labels", "target", "y", "class")
@@ -121,6 +127,8 @@ def check_parquet(cfg) -> None:
 def load_parquet(cfg) -> DataBundle:
     root = require_path(cfg.root, "parquet", _HINT)
     train_files, test_files = _split_files(root, "train"), _split_files(root, "test")
+    if cfg.stream:
+        return _streamed_bundle(cfg, train_files, test_files)
     key = ["parquet-v1", str(cfg.image_column), str(cfg.label_column)]
     key += [file_fingerprint(f) for f in train_files + test_files]
 
@@ -160,3 +168,98 @@ def in_memory_bundle(name: str, arrays: dict, flip: bool) -> DataBundle:
         test_labels=arrays["yte"].astype(np.int64),
         flip=flip,
     )
+
+
+# ---------------------------------------------------------------- streamed (dataset.stream: true)
+
+
+def _row_index(files: list[Path], image_column: str | None, label_column: str | None):
+    """(labels, [(file, row group, row in group)], image column, classes) from the files' metadata and
+    label columns only: no image bytes are read."""
+    labels, rows, img_col, classes = [], [], None, None
+    for path in files:
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"dataset parquet: cannot read {str(path)!r} ({err}); is it a Parquet file?") from None
+        img_col, lbl_col = _pick_columns(pf.schema_arrow, image_column, label_column, repr(str(path)))
+        meta = pf.schema_arrow.metadata or {}
+        if b"classes" in meta:
+            classes = meta[b"classes"].decode().split(",")
+        labels.append(pf.read(columns=[lbl_col]).column(0).to_numpy().astype(np.int64))
+        for g in range(pf.num_row_groups):
+            rows += [(str(path), g, r) for r in range(pf.metadata.row_group(g).num_rows)]
+    if not rows:
+        raise DataError(f"dataset parquet: {[str(f) for f in files]} hold no rows")
+    return np.concatenate(labels), rows, img_col, classes
+
+
+class _RowGroupBytes:
+    """Map-style data set: index -> (the row's encoded image as a 1-D uint8 tensor, "") or (None, why).
+    Each worker keeps its last ``keep`` row groups, so rows of one group read it once while they last."""
+
+    def __init__(self, rows: list[tuple[str, int, int]], column: str, keep: int = 4):
+        self.rows, self.column, self.keep = rows, column, keep
+        self._groups: collections.OrderedDict = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _group(self, path: str, group: int):
+        key = (path, group)
+        if key not in self._groups:
+            column = pq.ParquetFile(path).read_row_group(group, columns=[self.column]).column(0).combine_chunks()
+            if pa.types.is_struct(column.type):
+                column = column.field("bytes")
+            self._groups[key] = column
+            while len(self._groups) > self.keep:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key]
+
+    def __getitem__(self, index: int):
+        import torch
+
+        path, group, row = self.rows[index]
+        try:
+            blob = self._group(path, group)[row].as_py()
+        except (pa.ArrowException, OSError) as err:
+            return None, f"{type(err).__name__}: {err}"
+        if not blob:
+            return None, "empty image bytes"
+        return torch.frombuffer(bytearray(blob), dtype=torch.uint8), ""
+
+
+def _streamed_bundle(cfg, train_files: list[Path], test_files: list[Path]) -> DataBundle:
+    ytr, train_rows, column, classes = _row_index(train_files, cfg.image_column, cfg.label_column)
+    yte, test_rows, _, _ = _row_index(test_files, cfg.image_column, cfg.label_column)
+    streamed = StreamedRows(
+        train_paths=[f"{p}#row-group={g},row={r}" for p, g, r in train_rows],
+        test_paths=[f"{p}#row-group={g},row={r}" for p, g, r in test_rows],
+        image_size=cfg.image_size, augment=cfg.augment, flip=cfg.flip if cfg.flip is not None else True,
+        decode=cfg.decode, skip_bad_images=cfg.skip_bad_images,
+        train_rows=train_rows, test_rows=test_rows, column=column,
+    )
+    return DataBundle(
+        name="parquet", num_classes=len(classes) if classes else int(max(ytr.max(), yte.max()) + 1),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train_labels=ytr, test_labels=yte,
+        train_ids=np.arange(len(ytr), dtype=np.int64), streamed=streamed, flip=streamed.flip,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedRows(StreamedImages):
+    """``StreamedImages`` whose images are rows of Parquet files; ``*_paths`` name the rows (for errors)."""
+
+    train_rows: list = dataclasses.field(default_factory=list)  # [(file, row group, row in group)]
+    test_rows: list = dataclasses.field(default_factory=list)
+    column: str = ""
+
+    def subset_train(self, index: np.ndarray) -> StreamedRows:
+        return dataclasses.replace(super().subset_train(index), train_rows=[self.train_rows[i] for i in index])
+
+    def subset_test(self, index: np.ndarray) -> StreamedRows:
+        return dataclasses.replace(super().subset_test(index), test_rows=[self.test_rows[i] for i in index])
+
+    def encoded(self, train: bool):
+        return _RowGroupBytes(self.train_rows if train else self.test_rows, self.column)

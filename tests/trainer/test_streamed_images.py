@@ -267,3 +267,71 @@ def test_trainer_prefetches_the_plan_it_trains_on_and_resume_equals_the_whole_ru
     for col in ("partner_id", "mixed", "mix_next", "region"):
         assert (a[col].to_numpy() == b[col].to_numpy()).all(), col
     assert np.allclose(a["loss"].to_numpy(), b["loss"].to_numpy(), equal_nan=True)
+
+
+# ------------------------------------------------------------------ Parquet tables streamed by row groups
+
+
+def _parquet_from_tree(tree, out, row_group_size=3):
+    """train.parquet / test.parquet holding the tree's JPEG bytes (in the tree's order) and labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir()
+    bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(tree), image_size=32, num_workers=0))
+    for split, paths, labels in (("train", bundle.streamed.train_paths, bundle.train_labels),
+                                 ("test", bundle.streamed.test_paths, bundle.test_labels)):
+        table = pa.table({"image": [open(p, "rb").read() for p in paths], "label": labels.astype(np.int64)})
+        pq.write_table(table, out / f"{split}.parquet", row_group_size=row_group_size)
+
+
+@pytest.mark.parametrize("mode", ["workers", "device"])
+def test_streamed_parquet_gives_the_imagefolder_images(tmp_path, mode):
+    _jpeg_tree(tmp_path / "imgs")
+    _parquet_from_tree(tmp_path / "imgs", tmp_path / "pq")
+    folder = _source(tmp_path / "imgs", mode, workers=1, augment=False)
+    cfg = DatasetConfig(name="parquet", root=str(tmp_path / "pq"), stream=True, image_size=32, decode=mode,
+                        num_workers=1, augment=False)
+    bundle = load_dataset(cfg)
+    assert bundle.train_images is None and bundle.num_train == 12 and bundle.num_classes == 2
+    assert bundle.train_labels.tolist() == load_dataset(DatasetConfig(
+        name="imagefolder", root=str(tmp_path / "imgs"), image_size=32)).train_labels.tolist()
+    rows = StreamedSource(bundle, "cpu", channels_last=False, num_workers=1, pin=False)
+    g = torch.Generator().manual_seed(0)
+    plan = plan_epoch(torch.arange(12) % 3 == 0, 4, g)
+    for a, b in zip(folder.epoch_batches(plan, g), rows.epoch_batches(plan, g)):
+        assert a[0].tolist() == b[0].tolist()
+        torch.testing.assert_close(a[3], b[3])
+        torch.testing.assert_close(a[4], b[4])
+    for (xa, ya), (xb, yb) in zip(folder.eval_batches(4), rows.eval_batches(4)):
+        torch.testing.assert_close(xa, xb)
+        assert ya.tolist() == yb.tolist()
+
+
+def test_streamed_parquet_reads_a_row_group_once_while_it_is_kept_and_trains(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from mixtrain_trainer.data import parquet
+
+    _jpeg_tree(tmp_path / "imgs")
+    _parquet_from_tree(tmp_path / "imgs", tmp_path / "pq", row_group_size=5)
+    bundle = load_dataset(DatasetConfig(name="parquet", root=str(tmp_path / "pq"), stream=True, image_size=32))
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, g, **kw: reads.append(g) or real(self, g, **kw))
+    data = parquet._RowGroupBytes(bundle.streamed.train_rows, "image", keep=1)
+    blobs = [data[i][0] for i in range(12)]
+    assert reads == [0, 1, 2]  # rows 0-4, 5-9, 10-11
+    folder = load_dataset(DatasetConfig(name="imagefolder", root=str(tmp_path / "imgs"), image_size=32))
+    assert bytes(blobs[7].numpy()) == open(folder.streamed.train_paths[7], "rb").read()
+    data[0]
+    assert reads == [0, 1, 2, 0]  # keep=1: group 0 was dropped
+    monkeypatch.undo()
+
+    cfg = tiny_config(tmp_path / "store", "mixtrain-cutmix", epochs=2, batch_size=4,
+                      dataset={"name": "parquet", "root": str(tmp_path / "pq"), "stream": True, "num_workers": 1,
+                               "image_size": 32, "decode": "workers"})
+    trainer = Trainer(cfg)
+    final = trainer.fit()
+    assert type(trainer.source).__name__ == "StreamedSource" and math.isfinite(final["final_test_acc"])
+    assert len(load_samples(cfg.storage.root, cfg.name, trials=[trainer.trial_id])) == 2 * 12
