@@ -80,18 +80,23 @@ def _pick_columns(schema: pa.Schema, image_column: str | None, label_column: str
     return image_column, label_column
 
 
+def _open(path: Path, image_column: str | None, label_column: str | None, classes):
+    """(ParquetFile, image column, label column, class names from its metadata, else ``classes``)."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"dataset parquet: cannot read {str(path)!r} ({err}); is it a Parquet file?") from None
+    img_col, lbl_col = _pick_columns(pf.schema_arrow, image_column, label_column, repr(str(path)))
+    meta = pf.schema_arrow.metadata or {}
+    return pf, img_col, lbl_col, meta[b"classes"].decode().split(",") if b"classes" in meta else classes
+
+
 def _decode(files: list[Path], image_column: str | None, label_column: str | None):
     images, labels, size = [], [], None
     classes = None
     for path in files:
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"dataset parquet: cannot read {str(path)!r} ({err}); is it a Parquet file?") from None
-        img_col, lbl_col = _pick_columns(table.schema, image_column, label_column, repr(str(path)))
-        meta = table.schema.metadata or {}
-        if b"classes" in meta:
-            classes = meta[b"classes"].decode().split(",")
+        pf, img_col, lbl_col, classes = _open(path, image_column, label_column, classes)
+        table = pf.read()
         column = table.column(img_col)
         if pa.types.is_struct(column.type):
             column = column.combine_chunks().field("bytes")
@@ -178,14 +183,7 @@ def _row_index(files: list[Path], image_column: str | None, label_column: str | 
     label columns only: no image bytes are read."""
     labels, rows, img_col, classes = [], [], None, None
     for path in files:
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"dataset parquet: cannot read {str(path)!r} ({err}); is it a Parquet file?") from None
-        img_col, lbl_col = _pick_columns(pf.schema_arrow, image_column, label_column, repr(str(path)))
-        meta = pf.schema_arrow.metadata or {}
-        if b"classes" in meta:
-            classes = meta[b"classes"].decode().split(",")
+        pf, img_col, lbl_col, classes = _open(path, image_column, label_column, classes)
         labels.append(pf.read(columns=[lbl_col]).column(0).to_numpy().astype(np.int64))
         for g in range(pf.num_row_groups):
             rows += [(str(path), g, r) for r in range(pf.metadata.row_group(g).num_rows)]
