@@ -8,6 +8,7 @@ Tune callbacks on the driver.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import shutil
@@ -126,11 +127,13 @@ def _callbacks(spec: SweepSpec, root: Path, tracking_uri: str, quiet: bool):
 
             The tracker buffers a lost server's batches itself; the backlog only holds what arrived before
             the tracker could even be made, so nothing is dropped and tracking never stops the sweep."""
+            from orchestrate.tracking import trial_params
+
             try:
                 while self.backlog:
                     kind, config, args = self.backlog[0]
                     cfg, trial_id, labels = resolve_trial(config)
-                    run_id = self._t().trial_run(trial_id, labels, cfg.model_dump())
+                    run_id = self._t().trial_run(trial_id, labels, functools.partial(trial_params, cfg, trial_id))
                     (self._t().log_epoch if kind == "epoch" else self._t().log_final)(run_id, *args)
                     self.backlog.pop(0)
                 return self._t().flush()

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from mixtrain_trainer.errors import MixtrainError
 EPOCH_METRICS = (
     "train_loss", "train_acc", "test_acc", "test_top5", "test_loss", "epoch_seconds", "n_inputs",
     "n_mixed", "n_skipped", "frac_mixed", "l_corr", "l_incorr", "l_mid", "n_next_region1", "n_next_region3",
+    "n_next_skip", "n_forward",
     "lr", "total_train_seconds",
     # what the trial used of its machine, per epoch (only what the machine has: no GPU keys on a CPU)
     "rss_mb", "peak_gpu_mem_mb", "gpu_util",
@@ -74,6 +76,20 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def record_params(record: dict) -> dict:
+    """A trial's MLflow params from its record: the resolved configuration, flattened, and ``method.*``,
+    every choice the run made where METHOD.md is silent (the trainer writes them to the record)."""
+    return {**record.get("config", {}), "method": record.get("method", {})}
+
+
+def trial_params(cfg, trial_id: str) -> dict:
+    """``record_params`` of a running trial: its configuration and the method choices of its record."""
+    from mixtrain_trainer.history import HistoryWriter
+
+    record = HistoryWriter(cfg.storage.root, cfg.name, trial_id).read_trial()
+    return record_params({**record, "config": cfg.model_dump()})
 
 
 def check_reachable(uri: str) -> None:
@@ -150,7 +166,7 @@ class SweepTracker:
         self.client.log_batch(run.info.run_id, params=params[:100], tags=[RunTag("mlflow.note.content", self.sweep)])
         return run.info.run_id
 
-    def trial_run(self, trial_id: str, labels: dict, config: dict) -> str:
+    def trial_run(self, trial_id: str, labels: dict, config: dict | Callable[[], dict]) -> str:
         """The trial's nested run: found by its ``trial_id`` tag (a retry or resume reuses it), else made.
 
         While MLflow does not answer, a placeholder key (``PENDING_RUN`` + trial id) is returned instead:
@@ -158,7 +174,8 @@ class SweepTracker:
         """
         if trial_id in self.runs:
             return self.runs[trial_id]
-        self.unresolved.setdefault(trial_id, (labels, config))
+        if trial_id not in self.unresolved:  # its params are read once, when its run is first needed
+            self.unresolved[trial_id] = (labels, config() if callable(config) else config)
         self._resolve(trial_id)
         return self.runs.get(trial_id, PENDING_RUN + trial_id)
 
@@ -325,7 +342,7 @@ def sync_from_files(uri: str, sweep: str, root: Path, experiment: str | None = N
         epochs = None
     logged = 0
     for record in trials:
-        run_id = tracker.trial_run(record["trial_id"], record.get("labels", {}), record.get("config", {}))
+        run_id = tracker.trial_run(record["trial_id"], record.get("labels", {}), record_params(record))
         before = len(tracker.pending)
         if epochs is not None:
             rows = epochs[epochs["trial"] == record["trial_id"]].sort_values("epoch")

@@ -58,6 +58,11 @@ def test_quickstart_smoke_end_to_end(ray_local, tmp_path):
         assert run.info.status == "FINISHED"
         assert "final_test_acc" in run.data.metrics and "total_train_seconds" in run.data.metrics
         assert run.data.params["epochs"] == "2" and run.data.params["dataset.train_subset"] == "256"
+        record = json.loads((root / "quickstart" / "trials" / f"{run.data.tags['trial_id']}.json").read_text())
+        method = {k.removeprefix("method."): v for k, v in run.data.params.items() if k.startswith("method.")}
+        assert method and method == {k: str(v) for k, v in record["method"].items()}  # choices METHOD.md leaves open
+        variant = run.data.params["variant"]  # the tag says baseline@0.5 for a budget baseline
+        assert method["rule"] == {"baseline": "none", "naive-cutmix": "naive"}.get(variant, "mixtrain")
         _assert_clean_metrics(client, run, trained[run.data.tags["trial_id"]])
         fraction = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_acc")}
         percent = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_acc_pct")}
