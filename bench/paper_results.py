@@ -57,9 +57,11 @@ def _claims_table(claims: pd.DataFrame, source: str) -> list[str]:
 
 
 def section(root: Path, stem: str, sweep: str, extra: list[str]) -> list[str]:
-    path = PAPER / f"{stem}.yaml"
+    path = Path(stem) if stem.endswith(".yaml") else PAPER / f"{stem}.yaml"  # a paper file's stem, or a path
+    stem = path.stem
+    shown = path.relative_to(REPO) if path.resolve().is_relative_to(REPO) else path.name
     folder = root / sweep / "report"
-    lines = [f"### `sweeps/paper/{stem}.yaml` (sweep `{sweep}`)", "",
+    lines = [f"### `{shown}` (sweep `{sweep}`)", "",
              f"Command: `{header_command(path)}`, then `mixtrain report {sweep}`"
              + "".join(f" and `mixtrain report {sweep} --claims sweeps/paper/{e}.yaml`" for e in extra) + ".", ""]
     if not (folder / "summary.csv").exists():
