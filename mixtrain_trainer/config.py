@@ -64,6 +64,9 @@ class RivalConfig(_Strict):
     staleness: int = Field(3, ge=1)  # stale-sb: refresh the cached losses every `staleness` epochs
     skip_fraction: float = Field(0.3, ge=0, lt=1)  # minibatch-skip: share of mini-batches skipped
     scale: float = Field(0.75, gt=0, le=1)  # input-scaling: side factor of the training inputs
+    prune_ratio: float = Field(0.5, ge=0, lt=1)  # infobatch (and mixtrain-cutmix-prune): r, share pruned
+    anneal: float = Field(0.875, gt=0, le=1)  # infobatch: nothing pruned from epoch ceil(anneal x epochs)
+    mix_lr_fraction: float = Field(0.5, gt=0, le=1)  # mixtrain-cutmix-lrgate: mix once lr <= this x initial
 
 
 class PolicyConfig(_Strict):

@@ -58,6 +58,12 @@ register_variant(
     Variant("stale-sb", rival="stale-sb", description="Selective-Backprop with stale losses"),
     Variant("minibatch-skip", rival="minibatch-skip", description="skip a random share of mini-batches"),
     Variant("input-scaling", rival="input-scaling", description="train on downscaled inputs"),
+    Variant("infobatch", rival="infobatch", description="InfoBatch (Qin et al. 2024): prune well-learned samples, rescale"),
+    # research variants (issue 12; not in the paper): mixTrain-CutMix's selection, trained otherwise
+    Variant("mixtrain-cutmix-prune", "mixtrain", "cutmix", split=True, rival="mixtrain-prune",
+            description="mixTrain-CutMix with half of S_mix pruned InfoBatch-style (rest at loss weight 2)"),
+    Variant("mixtrain-cutmix-lrgate", "mixtrain", "cutmix", split=True, rival="mixtrain-lrgate",
+            description="mixTrain-CutMix mixing only once the lr is at most mix_lr_fraction of its start"),
     # Our additions (not in the paper): see BENCHMARKS.md for why. The last epochs, at a low learning
     # rate, refine decision boundaries that mixing blurs, so they train unmixed.
     Variant("mixtrain-cutmix-anneal", "mixtrain", "cutmix", split=True, final_nomix_fraction=0.2,
