@@ -87,6 +87,8 @@ class DebugConfig(_Strict):
     crash_once_at_epoch: int | None = None  # raise once at the start of this epoch (marker file)
     nonfinite_at_epoch: int | None = None  # make the loss NaN in this epoch
     sleep_per_epoch: float = Field(0.0, ge=0)  # slow a trial down (seconds), to kill it mid-way
+    kill_rank_once_at_epoch: int | None = None  # workers > 1: the last rank SIGKILLs itself once in this
+    # epoch, after training its share and before the epoch's combine (marker file)
 
 
 class RunConfig(_Strict):

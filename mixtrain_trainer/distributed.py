@@ -96,7 +96,9 @@ def local_device(requested: torch.device) -> torch.device:
 
 
 # ---------------------------------------------------------------------------- local processes
-def _rank_entry(rank_: int, world: int, port: int, device: str, threads: int, fn, args, results) -> None:
+def _rank_entry(rank_: int, world: int, port: int, device: str, threads: int, fn, args, result_path) -> None:
+    import pickle
+
     torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -105,8 +107,9 @@ def _rank_entry(rank_: int, world: int, port: int, device: str, threads: int, fn
     init_process_group(dev, rank=rank_, world_size=world, port=port)
     try:
         out = fn(*args)
-        if rank_ == 0:
-            results.put(out)
+        if rank_ == 0:  # a file, not a pipe: a large result would block a pipe until the parent reads it,
+            with open(result_path, "wb") as f:  # and the parent reads only after every rank has exited
+                pickle.dump(out, f)
     finally:
         destroy_process_group()
 
@@ -116,14 +119,23 @@ def spawn(fn, world: int, *args, device: str = "cpu", threads: int | None = None
     on CUDA, rank r on GPU r); returns rank 0's result. A rank that fails fails the call (its traceback).
 
     ``threads``: intra-op threads per rank (default: this machine's CPUs shared evenly). The function
-    and its arguments must be picklable (module-level): each rank is a fresh interpreter.
+    and its arguments must be picklable (module-level): each rank is a fresh interpreter; so must the
+    result (tensors in it are copied, not shared).
     """
+    import pickle
+    import tempfile
+
     import torch.multiprocessing as mp
 
     threads = threads or max(1, (os.cpu_count() or 1) // world)
-    results = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_rank_entry, args=(world, free_port(), device, threads, fn, args, results), nprocs=world, join=True)
-    return None if results.empty() else results.get()
+    with tempfile.TemporaryDirectory(prefix="mixtrain-spawn-") as tmp:
+        result_path = os.path.join(tmp, "rank0.pkl")
+        mp.spawn(_rank_entry, args=(world, free_port(), device, threads, fn, args, result_path), nprocs=world,
+                 join=True)
+        if not os.path.exists(result_path):
+            return None
+        with open(result_path, "rb") as f:
+            return pickle.load(f)
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -166,6 +178,8 @@ def shard_plan(plan, per_rank: int, rank_: int | None = None, world: int | None 
 
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
+    if w == 1:
+        return plan
     index, bounds, singles = [], [0], []
     for b, n_single in enumerate(plan.singles):
         lo, hi = plan.bounds[b], plan.bounds[b + 1]
@@ -180,6 +194,16 @@ def shard_plan(plan, per_rank: int, rank_: int | None = None, world: int | None 
         if value is not None:
             fields[name] = value[index.to(value.device)]
     return dataclasses.replace(plan, bounds=bounds, singles=singles, **fields)
+
+
+def grad_weights(plan, mine) -> list[float]:
+    """Per step, the factor on this rank's mean loss that makes the averaged gradient the mean over the
+    global step's inputs: (my inputs x world) / (the step's inputs); 1 except on an uneven last step."""
+    w = world_size()
+    if w == 1:
+        return [1.0] * plan.num_batches
+    return [(mine.bounds[b + 1] - mine.bounds[b]) * w / max(plan.bounds[b + 1] - plan.bounds[b], 1)
+            for b in range(plan.num_batches)]
 
 
 # ---------------------------------------------------------------------------- collectives
@@ -241,6 +265,36 @@ def combine_rows(per_sample: dict[str, torch.Tensor], touched: torch.Tensor,
     return out, sums, totals, owners
 
 
+def combine_outcome(out):
+    """An epoch's ``outcome.Outcome`` merged across ranks (one ``all_reduce``; identity on one process):
+    its ``PER_SAMPLE`` rows from the rank that touched them, its ``SUMMED`` tensors and ``HOST_COUNTS``
+    added, and its ``bad_step`` the first non-finite step any rank saw. Every rank then holds the same
+    outcome. Raises RankDivergenceError when a trained sample was written by more than one rank."""
+    import dataclasses
+
+    if not is_distributed():
+        return out
+    bad = torch.zeros(world_size(), dtype=torch.float64, device=out.sums.device)
+    bad[rank()] = out.bad_step.double() + 1  # 0: none on that rank
+    per_sample = {name: getattr(out, name) for name in out.PER_SAMPLE if name != "touched"}
+    summed = {name: getattr(out, name) for name in out.SUMMED}
+    counts = {name: getattr(out, name) for name in out.HOST_COUNTS}
+    rows, sums, totals, owners = combine_rows(per_sample, out.touched, {**summed, "bad": bad}, counts)
+    steps = sums.pop("bad")
+    steps = steps[steps > 0]
+    bad_step = (steps.min() - 1).long() if steps.numel() else out.bad_step
+    n = out.num_samples
+    if bool((owners[:n] > 1).any()):  # one host read per epoch
+        raise RankDivergenceError("a training sample was trained on more than one rank in one epoch")
+    return dataclasses.replace(out, **rows, **sums, **totals, touched=owners > 0, bad_step=bad_step)
+
+
+def rank_seed(seed: int, epoch: int) -> int:
+    """A seed for this rank's device generator in ``epoch`` (augmentation, CutMix boxes): distinct per
+    rank and epoch, and recomputable on resume without any per-rank saved state."""
+    return (seed * 1_000_003 + epoch * 7919 + rank() * 104_729 + 3) % (2**63)
+
+
 def digest(tensors: dict[str, torch.Tensor]) -> str:
     """sha1 of the tensors' bytes (names in order): equal digests mean identical state."""
     h = hashlib.sha1()
@@ -280,7 +334,11 @@ def average_gradients(params) -> None:
     """Average the parameters' gradients over ranks in one flat ``all_reduce`` (DDP's arithmetic)."""
     if not is_distributed():
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    params = [p for p in params if p.requires_grad]
+    for p in params:  # a rank with an empty share of a step has no gradients: it contributes zeros
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

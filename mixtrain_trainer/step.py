@@ -203,8 +203,9 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, scaler, spec: StepSpec, batch_size: int, grad_accum: int = 1,
-                 mode: str | None = None):
+                 mode: str | None = None, reduce_gradients=None):
         self.model, self.optimizer, self.scaler, self.spec = model, optimizer, scaler, spec
+        self.reduce_gradients = reduce_gradients  # data-parallel: averages gradients over ranks, eagerly
         self.batch_size, self.grad_accum, self.mode = batch_size, grad_accum, mode
         self.eager = functools.partial(forward_loss, model, spec)
         self.compiled = None
@@ -224,17 +225,27 @@ class TrainStep:
             return self.compiled(*batch.tensors())
         return self.eager(*batch.tensors())
 
-    def train_step(self, batch: PairBatch, step: int, num_batches: int, lr: float, poison: bool = False) -> StepResult:
+    def train_step(self, batch: PairBatch, step: int, num_batches: int, lr: float, poison: bool = False,
+                   weight: float = 1.0) -> StepResult:
         """One mini-batch: forward, loss, backward; an optimizer update every ``grad_accum`` batches (and
-        after the epoch's last). ``poison`` (debug.nonfinite_at_epoch) makes the loss NaN. No host sync."""
+        after the epoch's last). ``poison`` (debug.nonfinite_at_epoch) makes the loss NaN. ``weight``
+        scales the loss's gradient (a data-parallel rank's uneven share of a step). No host sync."""
         loss, ce1, ce2, correct1, correct2 = self._forward(batch)
         if poison:
             loss = loss * float("nan")
-        self.scaler.scale(loss / self.grad_accum).backward()
+        scaled = loss / self.grad_accum if weight == 1.0 else loss * (weight / self.grad_accum)
+        self.scaler.scale(scaled).backward()
         self.pending += 1
         if (step + 1) % self.grad_accum == 0 or step + 1 == num_batches:
             self.update(lr)
         return StepResult(loss.detach(), ce1, ce2, correct1, correct2)
+
+    def empty_step(self, step: int, num_batches: int, lr: float) -> None:
+        """A data-parallel rank with no inputs in this step: no forward, but it joins the update (and its
+        gradient average, with zeros)."""
+        self.pending += 1
+        if (step + 1) % self.grad_accum == 0 or step + 1 == num_batches:
+            self.update(lr)
 
     def update(self, lr: float) -> None:
         """Apply the accumulated gradients at learning rate ``lr`` (no-op when none are pending)."""
@@ -242,6 +253,8 @@ class TrainStep:
             return
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.reduce_gradients is not None:
+            self.reduce_gradients()
         self.scaler.step(self.optimizer)  # fused SGD takes the scaler's found_inf on the device: no sync
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

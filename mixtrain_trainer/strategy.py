@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from mixtrain_trainer import distributed
 from mixtrain_trainer.mixing import OPERATORS, adaptive_ratio, mask_ratio, pair_masks
 from mixtrain_trainer.outcome import Outcome, record_batch
 from mixtrain_trainer.sampler import EpochPlan, plan_epoch
@@ -69,6 +70,7 @@ class EpochStrategy:
     """Base class: state-free by default; helpers to build pair batches for the step."""
 
     name = ""
+    data_parallel = True  # trains with workers > 1 (its per-sample state merges through the outcome)
 
     def __init__(self, trainer):
         self.t = trainer
@@ -158,16 +160,21 @@ class MixingStrategy(EpochStrategy):
 
     def plan(self, epoch: int) -> EpochPlan:
         mix, skip = self.mix_set(epoch)
-        return plan_epoch(mix, self.t.cfg.batch_size, self.t.generators["plan"], skip=skip)
+        return plan_epoch(mix, self.t.global_batch, self.t.generators["plan"], skip=skip)
 
     def plan_ahead(self, epoch: int) -> EpochPlan:
-        self._ahead = (epoch, self.plan(epoch).to(self.t.device))
-        return self._ahead[1]
+        plan = self.plan(epoch)  # the global plan (the same on every rank of a data-parallel run)
+        mine = distributed.shard_plan(plan, self.t.cfg.batch_size)  # this rank's share (all of it alone)
+        self._ahead = (epoch, plan, mine.to(self.t.device))
+        return self._ahead[2]
 
-    def epoch_plan(self, epoch: int) -> EpochPlan:
-        """The plan built by ``plan_ahead(epoch)``, else a new one (on the device)."""
-        ahead, self._ahead = self._ahead, None
-        return ahead[1] if ahead is not None and ahead[0] == epoch else self.plan(epoch).to(self.t.device)
+    def epoch_plan(self, epoch: int) -> tuple[EpochPlan, EpochPlan]:
+        """(the global plan, this rank's share of it on the device) built by ``plan_ahead(epoch)``, else
+        new ones."""
+        if self._ahead is None or self._ahead[0] != epoch:
+            self.plan_ahead(epoch)
+        (_, plan, mine), self._ahead = self._ahead, None
+        return plan, mine
 
     def slot_weights(self, epoch: int, first: torch.Tensor) -> torch.Tensor | None:
         """The loss weight of each slot (B,), or None for 1 everywhere."""
@@ -207,16 +214,19 @@ class MixingStrategy(EpochStrategy):
     def train_epoch(self, epoch: int) -> Outcome:
         t, cfg = self.t, self.t.cfg
         t.model.train()
-        plan = self.epoch_plan(epoch)
+        plan, mine = self.epoch_plan(epoch)
+        weights = distributed.grad_weights(plan, mine)
         out = Outcome.empty(t.data.num_train, t.device)
         poison = cfg.debug.nonfinite_at_epoch == epoch
         lr = learning_rate(cfg, epoch)
         batches = plan.num_batches
-        for step, (first, second, n_s, x1, x2c) in enumerate(t.source.epoch_batches(plan, t.generators["device"])):
-            batch, ids2 = self.pair_batch(epoch, first, second, n_s, x1, x2c, out.spare)
+        for step, (first, second, n_s, x1, x2c) in enumerate(t.source.epoch_batches(mine, t.generators["device"])):
             lr = learning_rate(cfg, epoch + step / max(batches, 1))
-            result = t.step.train_step(batch, step, batches, lr, poison)
+            if first.shape[0] == 0:
+                t.step.empty_step(step, batches, lr)
+                continue
+            batch, ids2 = self.pair_batch(epoch, first, second, n_s, x1, x2c, out.spare)
+            result = t.step.train_step(batch, step, batches, lr, poison, weights[step])
             record_batch(out, step, result, first, ids2, batch)
-        out.check_finite(epoch)
-        out.skipped, out.n_inputs, out.lr = plan.skipped.to(t.device), plan.num_inputs, lr
+        out.skipped, out.n_inputs, out.lr = plan.skipped.to(t.device), mine.num_inputs, lr
         return out

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixtrain_trainer import resources
+from mixtrain_trainer import distributed, resources
 from mixtrain_trainer.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from mixtrain_trainer.config import RunConfig
 from mixtrain_trainer.data import load_dataset
@@ -59,7 +61,15 @@ def pick_device(requested: str) -> torch.device:
 
 
 class Trainer:
-    """One run of one variant. Plain PyTorch: wrappers watch it through ``on_epoch_end``."""
+    """One run of one variant. Plain PyTorch: wrappers watch it through ``on_epoch_end``.
+
+    Data-parallel when a ``torch.distributed`` process group of several ranks is initialised (whoever
+    started the processes): every rank plans the same global epoch (``workers x batch_size`` per step),
+    trains its share, averages gradients and merges the epoch's outcome (``distributed.py``); only rank
+    0 writes history, record and checkpoint, and every rank calls ``on_epoch_end``.
+    """
+
+    data_parallel = True  # takes a process group (orchestrate refuses workers > 1 without it)
 
     def __init__(
         self,
@@ -74,7 +84,9 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.trial_id = trial_id or cfg.trial_id or default_trial_id(cfg)
         self.labels = labels or {"variant": cfg.variant, "model": cfg.model}
-        self.device = pick_device(cfg.device)
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        self.global_batch = cfg.batch_size * self.world  # inputs per (global) step, planned on every rank
+        self.device = distributed.local_device(pick_device(cfg.device))
         cuda = self.device.type == "cuda"
         self.amp_dtype = {"auto": torch.bfloat16 if cuda else None, "fp32": None, "bf16": torch.bfloat16,
                           "fp16": torch.float16}[cfg.precision]
@@ -84,9 +96,12 @@ class Trainer:
         self.data = load_dataset(cfg.dataset, cfg.seed)
         self.model = create_model(cfg.model, self.data.num_classes, self.data.image_shape, cfg.model_width)
         self._check_grid()
+        if cfg.sync_batchnorm and self.world > 1:
+            self.model = distributed.convert_batchnorm(self.model)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        distributed.broadcast_parameters(self.model)  # identical start on every rank
         self.optimizer = make_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.amp_dtype == torch.float16)
         self.source = make_source(
@@ -110,9 +125,13 @@ class Trainer:
         self._plan_rng = None  # the plan generator before the next plan was built early (prefetch_next)
 
         self.strategy = make_strategy(self.variant.strategy, self)
+        if self.world > 1 and not self.strategy.data_parallel:
+            raise ConfigError(f"variant {cfg.variant!r}: its strategy {self.variant.strategy!r} does not train "
+                              "with workers > 1 yet; use workers: 1")
         mode = compile_mode(cfg.compile, self.device, cfg.grad_accum)
+        average = (lambda: distributed.average_gradients(self.model.parameters())) if self.world > 1 else None
         self.step = TrainStep(self.model, self.optimizer, self.scaler, self.strategy.step_spec(), cfg.batch_size,
-                              cfg.grad_accum, mode)
+                              cfg.grad_accum, mode, reduce_gradients=average)
         # evaluation (and Selective-Backprop's selecting pass) use the compiled module on CUDA
         self.forward_model = torch.compile(self.model) if mode is not None and cuda else self.model
 
@@ -196,15 +215,16 @@ class Trainer:
         """Train all epochs (from the checkpoint when ``resume``); returns the final metrics."""
         if resume:
             self.resume(None if resume is True else resume)
-        self.history.drop_epochs_from(self.start_epoch)  # a crash may have left a later epoch behind
+        if self.main:
+            self.history.drop_epochs_from(self.start_epoch)  # a crash may have left a later epoch behind
         record = {
             "trial_id": self.trial_id, "sweep": self.cfg.name, "variant": self.cfg.variant,
             "labels": self.labels, "config": self.cfg.model_dump(), "status": "running",
             "num_train": self.data.num_train, "num_test": len(self.data.test_labels),
             "device": str(self.device), "started_epoch": self.start_epoch,
-            "method": self.method_choices(),
+            "method": self.method_choices(), "workers": self.world,
         }
-        self.history.write_trial(record)
+        self._write_trial(record)
         try:
             if self.start_epoch < self.cfg.trained_epochs:
                 self.warm_up()
@@ -213,14 +233,18 @@ class Trainer:
             for epoch in range(self.start_epoch, self.cfg.trained_epochs):
                 self.run_epoch(epoch)
         except NonFiniteLossError as err:
-            self.history.write_trial({**record, "status": "failed", "error": str(err), "retry": False})
+            self._write_trial({**record, "status": "failed", "error": str(err), "retry": False})
             raise
         except BaseException as err:
-            self.history.write_trial({**record, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+            self._write_trial({**record, "status": "failed", "error": f"{type(err).__name__}: {err}"})
             raise
         final = self.final_metrics()
-        self.history.write_trial({**record, "status": "done", "final": final})
+        self._write_trial({**record, "status": "done", "final": final})
         return final
+
+    def _write_trial(self, record: dict) -> None:
+        if self.main:  # rank 0 writes for the whole process group
+            self.history.write_trial(record)
 
     def final_metrics(self) -> dict:
         last = self.epoch_rows[-1] if self.epoch_rows else {}
@@ -249,7 +273,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
+        if self.world > 1:  # each rank's own augmentation / CutMix draws, recomputable on resume
+            self.generators["device"].manual_seed(distributed.rank_seed(self.cfg.seed, epoch))
         out = self.strategy.train_epoch(epoch)
+        if dbg.kill_rank_once_at_epoch == epoch and distributed.rank() == self.world - 1 > 0:
+            self._kill_once(epoch)
+        out = distributed.combine_outcome(out)  # one collective; the identity in a one-process run
+        out.check_finite(epoch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_seconds = time.perf_counter() - t0
@@ -261,6 +291,8 @@ class Trainer:
         observed = ~torch.isnan(loss)  # skipped samples have no new loss: carry the last one
         loss = torch.where(observed, loss, self.policy.last_loss)
         region, th = self.policy.step(loss, out.rows("correct"), out.rows("mixed"), observed)
+        if self.world > 1:  # every rank must take the same S_mix decision: checked, not assumed
+            distributed.check_same(self.policy.state_dict(), f"epoch {epoch}: policy state")
         self.prefetch_next(epoch + 1)
         policy_seconds = time.perf_counter() - t1
         test_acc, test_top5, test_loss = self.evaluate()
@@ -275,12 +307,14 @@ class Trainer:
         host = {k: v.cpu().numpy() for k, v in host.items()}
         ids = self.data.train_ids
         partner_ids = np.where(host["partner"] >= 0, ids[np.maximum(host["partner"], 0)], -1)
-        self.history.write_samples(epoch, {
+        columns = {
             "sample_id": ids, "loss": host["loss"], "correct": host["correct"], "mixed": host["mixed"],
             "partner_id": partner_ids, "weight": host["weight"], "region": host["region"],
             "mix_next": host["mix_next"], "mix_path": PATH_LOOKUP[host["path"]],  # skip-region3: path region3, not in S_mix
             "skipped": host["skipped"],
-        })
+        }
+        if self.main:
+            self.history.write_samples(epoch, columns)
         sums = out.sums.cpu().tolist()  # [loss sum over inputs, inputs, correct samples, samples]
         th_host = [th.l_corr.item(), th.l_incorr.item(), th.l_mid.item()]
         path = host["path"]
@@ -303,8 +337,9 @@ class Trainer:
         }
         self.epoch_rows.append(row)
         row["history_seconds"] = time.perf_counter() - t2
-        self.history.write_epochs(self.epoch_rows)
-        save_checkpoint(self.state_dict(next_epoch=epoch + 1), self.checkpoint_dir)
+        if self.main:
+            self.history.write_epochs(self.epoch_rows)
+            save_checkpoint(self.state_dict(next_epoch=epoch + 1), self.checkpoint_dir)
         if self.on_epoch_end:
             self.on_epoch_end({**row, "total_train_seconds": self.total_seconds,
                                "checkpoint_dir": str(self.checkpoint_dir), "trial_id": self.trial_id})
@@ -322,12 +357,21 @@ class Trainer:
             self._plan_rng = rng
             self.source.prefetch(plan)
 
+    def _kill_once(self, epoch: int) -> None:
+        """debug.kill_rank_once_at_epoch: this process dies by SIGKILL (no clean-up), once per trial."""
+        marker = self.history.sweep_dir / "debug" / f"{self.trial_id}.killed-{epoch}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float, float]:
         """Top-1, top-5 and mean loss on the test split: sums on the device, one host copy."""
         self.model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
-        for x, y in self.source.eval_batches(self.cfg.eval_batch_size):
+        share = distributed.shard(len(self.data.test_labels))  # this rank's part of the test split
+        for x, y in self.source.eval_batches(self.cfg.eval_batch_size, share):
             with autocast(self.device.type, self.amp_dtype):
                 logits = self.forward_model(x)
             logits = logits.float()
@@ -336,7 +380,7 @@ class Trainer:
                 F.cross_entropy(logits, y, reduction="sum").double(),
             ])
             totals[3] += y.shape[0]  # a python number: a kernel argument, no host-to-device copy
-        top1, top5, loss, n = totals.cpu().tolist()
+        top1, top5, loss, n = distributed.all_reduce_sum(totals).cpu().tolist()
         return top1 / n, top5 / n, loss / n
 
 

@@ -40,21 +40,20 @@ TRAIN_DIR = "train"  # under <root>/<sweep>/ray/: Ray Train's runs, one per data
 DRIVER_MEMORY = 1 << 20  # bytes: a Tune trial must hold something; the workers hold the real resources
 
 
-def trainer_supports_workers() -> bool:
-    """Whether the installed trainer trains one run across a process group (stage 6 of issue 13)."""
-    try:
-        from mixtrain_trainer.trainer import Trainer
-    except ImportError:
-        return False
-    return bool(getattr(Trainer, "data_parallel", False))
-
-
 def check_supported(cfg: RunConfig, source: str) -> None:
-    """Refuse ``workers > 1`` while the trainer cannot split an epoch across ranks (one line, exit 2)."""
-    if cfg.workers > 1 and not trainer_supports_workers():
+    """Refuse ``workers > 1`` for a variant whose epoch strategy cannot yet train across ranks (one line,
+    exit 2), before anything is written. (The trainer refuses it too, later.)"""
+    if cfg.workers <= 1:
+        return
+    import mixtrain_trainer.rivals  # noqa: F401  (registers the rivals' strategies)
+    from mixtrain_trainer.strategy import STRATEGIES
+    from mixtrain_trainer.variants import resolve_variant
+
+    name = resolve_variant(cfg.variant, cfg.operator).strategy
+    if not getattr(STRATEGIES[name], "data_parallel", False):
         raise ConfigError(
-            f"{source}: workers: {cfg.workers}: data-parallel training is not available in this build yet "
-            "(the trainer does not take a process group); use workers: 1"
+            f"{source}: workers: {cfg.workers}: variant {cfg.variant!r} (strategy {name!r}) does not train "
+            "data-parallel yet (its per-sample selection is per process); use workers: 1"
         )
 
 

@@ -89,10 +89,12 @@ class ResidentSource:
     def _slice(self, images: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return images[lo:hi]
 
-    def eval_batches(self, batch_size: int):
-        """Yield (images, labels) of the test split in order; slices, no index tensors: no host sync."""
-        for lo in range(0, self.test.shape[0], batch_size):
-            hi = min(lo + batch_size, self.test.shape[0])
+    def eval_batches(self, batch_size: int, share: slice = slice(None)):
+        """Yield (images, labels) of the test split (or its ``share``, a data-parallel rank's part) in
+        order; slices, no index tensors: no host sync."""
+        start, stop, _ = share.indices(self.test.shape[0])
+        for lo in range(start, stop, batch_size):
+            hi = min(lo + batch_size, stop)
             yield self.normalise(self._slice(self.test, lo, hi)), self.test_labels[lo:hi]
 
     def epoch_batches(self, plan, generator: torch.Generator):
@@ -219,10 +221,10 @@ class StreamedSource:
             n1 = first.numel()
             yield first, second, n_single, images[:n1], images[n1:]
 
-    def eval_batches(self, batch_size: int):
-        n = len(self.test_labels)
+    def eval_batches(self, batch_size: int, share: slice = slice(None)):
+        start, n, _ = share.indices(len(self.test_labels))
         loader, sampler = self._loader(False)
-        sampler.batches = [list(range(lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
+        sampler.batches = [list(range(lo, min(lo + batch_size, n))) for lo in range(start, n, batch_size)]
         for positions, batch in zip(sampler.batches, loader):
             images, bad = self._images(batch, positions, False, None)
             if bad:

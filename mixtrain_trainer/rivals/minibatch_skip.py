@@ -36,7 +36,7 @@ class MinibatchSkip(MixingStrategy):
     def plan(self, epoch: int) -> EpochPlan:
         plan = super().plan(epoch)
         count = math.floor(self.t.cfg.rival.skip_fraction * plan.num_batches + 0.5)  # halves round up
-        return drop_batches(plan, count, self.t.cfg.batch_size, self.t.generators["plan"])
+        return drop_batches(plan, count, self.t.global_batch, self.t.generators["plan"])
 
     def method_choices(self) -> dict:
         return {"minibatch_skip": "exactly round(skip_fraction x batches) batches (halves up) dropped per epoch, at random"}

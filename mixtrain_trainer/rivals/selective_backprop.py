@@ -45,6 +45,7 @@ def select_by_percentile(
 @register_strategy("selective-backprop")
 class SelectiveBackprop(EpochStrategy):
     stale = False
+    data_parallel = False  # its loss-history percentile is per process: not yet global across ranks
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -114,7 +115,6 @@ class SelectiveBackprop(EpochStrategy):
         if pooled:
             train_on(torch.cat(pool_x), torch.cat(pool_ids))
         t.step.update(lr)  # the last partial accumulation window still steps
-        out.check_finite(epoch)
         # StaleSB: samples neither selected nor forwarded keep their cached loss (the policy carries it).
         out.skipped = ~selected_all
         out.n_inputs = int(selected_all.sum())

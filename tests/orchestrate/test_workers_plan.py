@@ -85,12 +85,14 @@ def test_capacity_counts_worker_bundles_per_node():
         check_capacity(spec, [four, five], nodes, "s.yaml")
 
 
-@pytest.mark.parametrize("workers,words", [("0", ["--workers 0", "at least 1"]),
-                                           ("2", ["workers: 2", "not available", "run.yaml"])])
-def test_train_workers_refused(tmp_path, monkeypatch, capsys, workers, words):
-    """`mixtrain train --workers N`: a bad N (and, until the trainer takes a process group, any N > 1)."""
+@pytest.mark.parametrize("variant,workers,words", [
+    ("baseline", "0", ["--workers 0", "at least 1"]),
+    ("selective-backprop", "2", ["workers: 2", "selective-backprop", "data-parallel", "run.yaml"]),
+])
+def test_train_workers_refused(tmp_path, monkeypatch, capsys, variant, workers, words):
+    """`mixtrain train --workers N`: a bad N, and N > 1 for a strategy that cannot train across ranks yet."""
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"variant": "baseline", **BASE}))
+    path.write_text(yaml.safe_dump({"variant": variant, **BASE}))
     _one_line(capsys, main(["train", "--config", str(path), "--workers", workers]), words)
     assert sorted(os.listdir(tmp_path)) == ["run.yaml"]
