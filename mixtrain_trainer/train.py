@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from mixtrain_trainer.config import RunConfig
 from mixtrain_trainer.trainer import Trainer
 
@@ -34,8 +32,9 @@ def header_line() -> str:
     return " ".join(f"{title:>{max(len(title), len(fmt.format(0)))}}" for title, fmt, _ in COLUMNS)
 
 
-def run(cfg: RunConfig, resume: bool = False, out=sys.stdout) -> dict:
-    """Train ``cfg`` here, printing one line per epoch; returns the final metrics."""
+def run(cfg: RunConfig, resume: bool = False, out=None) -> dict:
+    """Train ``cfg`` here, printing one line per epoch to ``out`` (None: the current stdout, looked up at
+    print time, so a stream swapped since import is never used); returns the final metrics."""
     def progress(row: dict) -> None:
         print(format_row(row), file=out, flush=True)
 

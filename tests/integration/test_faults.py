@@ -237,7 +237,8 @@ def _mlflow_sweep(name: str, tmp_path: Path, uri: str, epochs: int):
 
 @pytest.mark.integration
 def test_mlflow_lost_mid_sweep_buffers_and_flushes(mlflow_to_break, tmp_path):
-    server, epochs, sweep = mlflow_to_break, 6, "mlflow-blip"
+    # 10 epochs: the sweep must outlast the restart below (a loaded machine takes 20-30 s to start MLflow)
+    server, epochs, sweep = mlflow_to_break, 10, "mlflow-blip"
     path, root, trial_ids = _mlflow_sweep(sweep, tmp_path, server.uri, epochs)
     cli = it.run_cli(tmp_path, "sweep", "run", str(path))
     try:
