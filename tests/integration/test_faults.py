@@ -268,6 +268,14 @@ def test_mlflow_lost_mid_sweep_buffers_and_flushes(mlflow_to_break, tmp_path):
     it.assert_history_complete(root, sweep, trial_ids, epochs)
 
 
+def _tracked(uri: str, sweep: str) -> bool:
+    """Whether MLflow already holds a trial run of the sweep."""
+    try:
+        return bool(it.mlflow_runs(uri, sweep)[3])
+    except Exception:  # noqa: BLE001 - no experiment yet, or a slow server: not yet
+        return False
+
+
 def _sync(tmp_path: Path, args: list[str]) -> tuple[int, str]:
     cli = it.run_cli(tmp_path, *args, log=f"sync-{time.monotonic_ns()}.log")
     code = cli.wait(120)
@@ -287,6 +295,9 @@ def test_mlflow_down_until_the_end_then_sync(mlflow_to_break, tmp_path):
     cli = it.run_cli(tmp_path, "sweep", "run", str(path))
     try:
         it.wait_for(lambda: _progress(root, sweep, trial_ids) >= 1, 240, "the first epoch", cli, interval=0.2)
+        # Lost once the sweep is tracked (on a loaded machine the driver may log its first result after the
+        # first epoch file appears): the server then misses the rest of the sweep.
+        it.wait_for(lambda: _tracked(server.uri, sweep), 120, "the sweep's first MLflow run", cli, interval=0.2)
         _stop_mlflow(server)
         code = cli.wait(300)
         _start_mlflow(server)
