@@ -214,12 +214,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t
-
-
 def combine_rows(per_sample: dict[str, torch.Tensor], touched: torch.Tensor,
                  summed: dict[str, torch.Tensor] | None = None, counts: dict[str, float] | None = None):
     """Merge one epoch's outcome across ranks in one ``all_reduce``.
